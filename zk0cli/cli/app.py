@@ -1,0 +1,65 @@
+"""The ``zk0`` command: wires the command groups, nothing else.
+
+Heavy libraries (torch, LeRobot, Flower) are imported inside the commands, so
+``zk0 --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from zk0cli import __version__
+from zk0cli.cli import analyze, data, hub, release, run
+from zk0cli.cli import train as train_cmd
+
+app = typer.Typer(
+    name="zk0",
+    help="Federated fine-tuning of SmolVLA on SO-100/SO-101 robot datasets, on Flower.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zk0 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """zk0: train a robot policy together without pooling the data."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )
+    logging.getLogger("zk0").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+app.add_typer(train_cmd.app, name="train")
+app.command("simulate")(run.simulate)
+app.command("tiny-run")(run.tiny_run)
+app.command("analyze-run")(analyze.analyze_run)
+app.command("push")(hub.push)
+app.command("release")(release.release)
+app.add_typer(data.app, name="data")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""The zk0 core library: never imports the CLI, Typer or rich."""
