@@ -159,6 +159,10 @@ class FederationConfig(_Section):
     round_timeout_s: float = Field(
         1800.0, gt=0, description="Seconds the server waits for replies in one round."
     )
+    max_failed_rounds: int = Field(
+        3, ge=1, description="End the run as failed after this many consecutive rounds "
+        "without a valid client reply."
+    )
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved per simulated client.")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved per simulated client.")
 
