@@ -62,7 +62,7 @@ def release(
         typer.echo(f"{verb} {plan.name} {plan.current} -> {plan.new} (tag {plan.tag}) "
                    f"on branch {plan.branch}.")
         if dry_run:
-            typer.echo(f"\nChangelog section:\n\n{plan.section}")
+            typer.echo(f"\nChangelog section:\n\n{plan.section.rstrip()}\n")
             typer.echo("Steps (nothing was run or changed):")
             for step in plan.steps():
                 typer.echo(f"  {step}")
