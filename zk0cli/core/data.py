@@ -1,0 +1,332 @@
+"""LeRobotDatasets: resolve, validate, partition across clients, open and batch.
+
+A client's data is a LeRobotDataset v3.0 given by Hub repo id, local root, or generated
+by zk0's SO-101 simulator (``source = "sim"``). Before training, everything that would
+otherwise fail late (or silently) is checked here: the dataset exists, its codebase
+version is v3.0, frame counts per episode match the metadata, episode ids are in range
+and no client's split is empty. Action chunks come from LeRobot's ``delta_timestamps``
+(``chunk_size`` future actions at the dataset's fps).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zk0cli.errors import DatasetError
+from zk0cli.log import logger
+
+if TYPE_CHECKING:
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    from zk0cli.core.config import DatasetSpec, RunConfig, SimConfig
+
+#: The only LeRobotDataset format LeRobot 0.6 reads.
+CODEBASE_VERSION = "v3.0"
+#: LeRobot's converter for older datasets (``python -m <module> --repo-id=...``).
+CONVERTER_MODULE = "lerobot.scripts.convert_dataset_v21_to_v30"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """Where a dataset lives.
+
+    Attributes:
+        name: Display name (the simulator task for sim datasets, else the repo id).
+        repo_id: LeRobot repo id.
+        root: Local root directory, or ``None`` for the Hub (LeRobot's cache).
+    """
+
+    name: str
+    repo_id: str
+    root: Path | None
+
+
+def resolve_dataset(spec: DatasetSpec, sim: SimConfig) -> DatasetRef:
+    """Turn a configured dataset into a :class:`DatasetRef`.
+
+    ``source="sim"`` generates the dataset on first use (cached) with
+    ``spec.episodes or sim.episodes`` episodes.
+
+    Args:
+        spec: The configured dataset.
+        sim: Simulator settings (episodes, image size, only_success).
+
+    Returns:
+        The reference; for ``hub`` the root is ``None``.
+    """
+    if spec.source == "sim":
+        from zk0cli.core.sim import ensure_sim_dataset
+
+        repo_id, root = ensure_sim_dataset(
+            spec.name,
+            episodes=spec.episodes or sim.episodes,
+            seed=spec.seed,
+            height=sim.height,
+            width=sim.width,
+            only_success=sim.only_success,
+        )
+        return DatasetRef(name=spec.name, repo_id=repo_id, root=Path(root))
+    if spec.source == "local":
+        return DatasetRef(name=spec.name, repo_id=spec.name, root=Path(spec.root or ""))
+    return DatasetRef(name=spec.name, repo_id=spec.name, root=None)
+
+
+def _converter_hint(ref: DatasetRef, version: str) -> str:
+    where = f" --root={ref.root}" if ref.root else ""
+    return (
+        f"Dataset {ref.name!r} is in LeRobot format {version}; zk0 (LeRobot 0.6) reads "
+        f"{CODEBASE_VERSION} only. Convert it with LeRobot's converter: "
+        f"python -m {CONVERTER_MODULE} --repo-id={ref.repo_id}{where}"
+    )
+
+
+def _check_local_version(ref: DatasetRef) -> None:
+    root = ref.root
+    if root is None:
+        from lerobot.utils.constants import HF_LEROBOT_HOME
+
+        root = Path(HF_LEROBOT_HOME) / ref.repo_id
+        if not (root / "meta" / "info.json").is_file():
+            return  # not cached locally: LeRobot goes to the Hub
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
+        raise DatasetError(
+            f"Dataset {ref.name!r}: {info_path} does not exist, so {root} is not a "
+            "LeRobotDataset root. Point data.clients[].root at the folder holding meta/, "
+            "data/ (and videos/)."
+        )
+    try:
+        version = str(json.loads(info_path.read_text(encoding="utf-8"))["codebase_version"])
+    except (OSError, ValueError, KeyError) as err:
+        raise DatasetError(f"Dataset {ref.name!r}: cannot read {info_path} ({err}).") from None
+    if version != CODEBASE_VERSION:
+        raise DatasetError(_converter_hint(ref, version))
+
+
+def load_metadata(ref: DatasetRef) -> LeRobotDatasetMetadata:
+    """Load and validate a dataset's metadata.
+
+    Args:
+        ref: The dataset.
+
+    Returns:
+        LeRobot's metadata object (features, fps, stats, episodes).
+
+    Raises:
+        DatasetError: Missing local root; Hub dataset unreachable (e.g. offline); codebase
+            version other than v3.0 (the message names LeRobot's converter); episode frame
+            counts disagreeing with the metadata.
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    if ref.root is not None and not ref.root.is_dir():
+        raise DatasetError(
+            f"Dataset {ref.name!r}: local root {ref.root} does not exist. Fix "
+            "data.clients[].root, or use source = \"hub\" with a repo id."
+        )
+    _check_local_version(ref)
+    try:
+        meta = LeRobotDatasetMetadata(ref.repo_id, root=ref.root)
+    except Exception as err:  # noqa: BLE001 - Hub, IO and compatibility errors differ
+        from lerobot.datasets.utils import BackwardCompatibilityError
+
+        if isinstance(err, BackwardCompatibilityError):
+            raise DatasetError(_converter_hint(ref, "v2.x")) from None
+        raise DatasetError(
+            f"Dataset {ref.name!r} cannot be loaded ({type(err).__name__}: {err}). If the "
+            "Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1), download the "
+            'dataset once and set source = "local" with root = the dataset folder.'
+        ) from None
+    _check_episode_lengths(ref, meta)
+    return meta
+
+
+def _check_episode_lengths(ref: DatasetRef, meta: LeRobotDatasetMetadata) -> None:
+    eps = meta.episodes
+    if eps is None or meta.total_episodes == 0:
+        raise DatasetError(f"Dataset {ref.name!r} has no episodes.")
+    lengths = list(eps["length"])
+    starts, ends = list(eps["dataset_from_index"]), list(eps["dataset_to_index"])
+    bad = [
+        f"episode {int(i)}: length {n} but frames {a}..{b}"
+        for i, n, a, b in zip(eps["episode_index"], lengths, starts, ends, strict=True)
+        if b - a != n or n <= 0
+    ]
+    if sum(lengths) != meta.total_frames:
+        bad.append(f"episode lengths sum to {sum(lengths)}, info.json says {meta.total_frames}")
+    if len(lengths) != meta.total_episodes:
+        bad.append(f"{len(lengths)} episode rows, info.json says {meta.total_episodes}")
+    if bad:
+        raise DatasetError(
+            f"Dataset {ref.name!r}: frame counts disagree with the metadata: "
+            + "; ".join(bad[:5]) + ". The dataset is damaged; re-download or re-record it."
+        )
+
+
+@dataclass(frozen=True)
+class ClientPartition:
+    """One client's share of the data.
+
+    Attributes:
+        client_id: ``"0"``, ``"1"``, ... (the simulation partition id as text).
+        name: Display name of the dataset.
+        ref: The dataset.
+        train_episodes: Episode indices this client trains on (never empty).
+        heldout_episodes: Episode indices held out for evaluation (may be empty).
+    """
+
+    client_id: str
+    name: str
+    ref: DatasetRef
+    train_episodes: list[int]
+    heldout_episodes: list[int]
+
+
+def _split_heldout(name: str, total: int, k: int) -> tuple[list[int], list[int]]:
+    if total - k < 1:
+        raise DatasetError(
+            f"Dataset {name!r} has {total} episode(s); holding out the last "
+            f"data.heldout_episodes = {k} leaves none to train on. Lower "
+            "data.heldout_episodes or use a larger dataset."
+        )
+    return list(range(total - k)), list(range(total - k, total))
+
+
+def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
+    """Split the configured data across ``cfg.num_clients`` clients.
+
+    ``data.partition = "dataset"``: client i gets ``data.clients[i]``, minus its last
+    ``data.heldout_episodes`` episodes. ``"episodes"``: the last ``heldout_episodes``
+    episodes of ``data.clients[0]`` are held out (shared by all clients) and the rest are
+    split into contiguous, near-equal blocks, one per client.
+
+    Args:
+        cfg: The run configuration.
+
+    Returns:
+        One partition per client, in client order; no partition is empty.
+
+    Raises:
+        DatasetError: A dataset cannot be loaded, or there are too few episodes
+            (e.g. "8 clients but only 5 episodes ...").
+    """
+    n = cfg.num_clients
+    k = cfg.data.heldout_episodes
+    out: list[ClientPartition] = []
+    if cfg.data.partition == "dataset":
+        for i in range(n):
+            ref = resolve_dataset(cfg.data.clients[i], cfg.data.sim)
+            meta = load_metadata(ref)
+            train, held = _split_heldout(ref.name, meta.total_episodes, k)
+            out.append(ClientPartition(str(i), ref.name, ref, train, held))
+        return out
+    ref = resolve_dataset(cfg.data.clients[0], cfg.data.sim)
+    meta = load_metadata(ref)
+    total = meta.total_episodes
+    if total - k < n:
+        raise DatasetError(
+            f"{n} clients but only {total - k} episodes to train on in {ref.name!r} "
+            f"({total} episodes, last {k} held out by data.heldout_episodes); every client "
+            "needs at least one. Lower federation.num_clients or data.heldout_episodes, or "
+            "use more episodes."
+        )
+    train_all, held = _split_heldout(ref.name, total, k)
+    base, extra = divmod(len(train_all), n)
+    start = 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        out.append(ClientPartition(str(i), ref.name, ref, train_all[start:start + size], held))
+        start += size
+    return out
+
+
+def open_dataset(
+    ref: DatasetRef, *, episodes: list[int] | None, chunk_size: int, video_backend: str
+) -> LeRobotDataset:
+    """Open a dataset for training or evaluation, with action chunks.
+
+    Args:
+        ref: The dataset.
+        episodes: Episode indices to read (``None``: all).
+        chunk_size: Future actions per sample; ``action`` is ``(chunk_size, action_dim)``
+            with ``action_is_pad`` marking steps past the episode end.
+        video_backend: ``"pyav"`` (works without system FFmpeg) or ``"torchcodec"``.
+
+    Returns:
+        The dataset; items hold ``observation.*`` ``(C, H, W)`` images in [0, 1], state,
+        ``action`` ``(chunk_size, D)``, ``action_is_pad`` and ``task``.
+
+    Raises:
+        DatasetError: Empty episode list or episode ids out of range, or load failures.
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    meta = load_metadata(ref)
+    if episodes is not None:
+        if not episodes:
+            raise DatasetError(f"Dataset {ref.name!r}: the episode list is empty.")
+        bad = sorted(e for e in episodes if not 0 <= e < meta.total_episodes)
+        if bad:
+            raise DatasetError(
+                f"Dataset {ref.name!r}: episode ids {bad[:10]} are out of range; it has "
+                f"{meta.total_episodes} episodes (0..{meta.total_episodes - 1})."
+            )
+    delta = {"action": [i / meta.fps for i in range(chunk_size)]}
+    try:
+        ds = LeRobotDataset(
+            ref.repo_id, root=ref.root, episodes=episodes, delta_timestamps=delta,
+            video_backend=video_backend,
+        )
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise DatasetError(
+            f"Dataset {ref.name!r} cannot be opened ({type(err).__name__}: {err})."
+        ) from None
+    logger.debug("opened %s: %s episodes, %s frames", ref.name, ds.num_episodes, ds.num_frames)
+    return ds
+
+
+def make_loader(
+    dataset: Any, *, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """A DataLoader whose order depends only on ``seed``.
+
+    Args:
+        dataset: A map-style dataset (e.g. :func:`open_dataset`'s).
+        batch_size: Frames per batch.
+        shuffle: Random order (seeded) or dataset order.
+        seed: Seed of the shuffling generator.
+        num_workers: Worker processes (0 = in-process).
+
+    Returns:
+        The loader (last partial batch kept).
+    """
+    import torch
+
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+        num_workers=num_workers, persistent_workers=False,
+    )
+
+
+def dataset_stats(
+    meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """The dataset's normalisation statistics, keyed by (renamed) feature key.
+
+    Args:
+        meta: The dataset's metadata (``meta/stats.json``).
+        rename_map: Dataset key -> policy key.
+
+    Returns:
+        ``{feature: {"mean": array, "std": array, "min": ..., "max": ..., ...}}``.
+    """
+    return {rename_map.get(k, k): dict(v) for k, v in (meta.stats or {}).items()}

@@ -1,0 +1,568 @@
+"""The SmolVLA policy factory: model, processors, trainable tensors, save and reload.
+
+Two ways to get a policy (``model.kind``):
+
+* ``tiny``: LeRobot's real :class:`SmolVLAPolicy` on top of a small, randomly initialised
+  SmolVLM (a 4-layer llama text model, a 1-layer vision model at 64 px) whose configuration
+  and tokenizer zk0 writes to a local directory (:func:`tiny_vlm_dir`), with
+  ``load_vlm_weights=False``: nothing is fetched from the Hub. Same seed, same weights.
+* ``pretrained``: ``SmolVLAPolicy.from_pretrained(model.path)`` (Hub id or local directory).
+
+Either way the pre/post-processor pipelines are built from LeRobot's SmolVLA factory with
+the normalisation statistics of the data being used (never silently without them) and
+the configured camera rename map as the pipeline's first step. Which tensors train, and
+therefore travel between server and clients, is defined once, by
+:func:`trainable_parameter_names` (SmolVLA's default freezing: action expert and
+projections).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zk0cli.errors import CheckpointError, DatasetError, FeatureMismatchError
+from zk0cli.log import logger
+
+if TYPE_CHECKING:
+    import torch
+    from lerobot.configs import PolicyFeature
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+
+    from zk0cli.core.config import ModelConfig
+
+#: Bump when the tiny VLM directory's content changes (it is cached per version).
+TINY_VLM_VERSION = 1
+TINY_VLM_PREFIX = "tiny-vlm-"
+#: Tiny policy dimensions (see :func:`tiny_smolvla_config`).
+TINY_IMAGE_SIZE = 64
+TINY_MAX_DIM = 8
+TINY_CHUNK_SIZE = 10
+
+PREPROCESSOR_FILE = "policy_preprocessor.json"
+POSTPROCESSOR_FILE = "policy_postprocessor.json"
+
+# SmolVLM's special tokens (the policy reads the ids of the fake-image and global-image
+# tokens from the tokenizer; the processor reads the others).
+_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<image>",
+    "<end_of_utterance>",
+    "<video>",
+)
+
+
+@dataclass
+class PolicyBundle:
+    """A SmolVLA policy with its LeRobot processor pipelines.
+
+    Attributes:
+        policy: The policy, on ``device``.
+        preprocessor: Raw dataset batch -> model batch (rename, batch dim, tokenise the
+            task, move to device, normalise state/action with the data's statistics).
+        postprocessor: Model actions -> unnormalised actions on CPU.
+        device: Where the policy lives.
+    """
+
+    policy: SmolVLAPolicy
+    preprocessor: PolicyProcessorPipeline
+    postprocessor: PolicyProcessorPipeline
+    device: torch.device
+
+
+# --- the tiny offline VLM --------------------------------------------------------------
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("ZK0_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "zk0"
+
+
+def _tiny_vlm_files() -> dict[str, str]:
+    """The tiny SmolVLM directory's files, as text (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    # A byte-level BPE without merges: every string tokenises (one token per byte), the
+    # vocabulary is fixed by construction, and SmolVLM's special tokens come first.
+    vocab = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(_SPECIAL_TOKENS))
+    pad_id = vocab["<|im_end|>"]
+    text_config = {
+        "model_type": "llama",
+        "vocab_size": 320,  # >= the tokenizer's 264 tokens
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+        "pad_token_id": pad_id,
+        "tie_word_embeddings": False,
+    }
+    vision_config = {
+        "model_type": "smolvlm_vision",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": TINY_IMAGE_SIZE,
+        "patch_size": 16,  # 4x4 patches; pixel shuffle by 2 -> 4 tokens per image
+        "num_channels": 3,
+    }
+    config = {
+        "model_type": "smolvlm",
+        "architectures": ["SmolVLMForConditionalGeneration"],
+        "image_token_id": vocab["<image>"],
+        "scale_factor": 2,
+        "pad_token_id": pad_id,
+        "tie_word_embeddings": False,
+        "text_config": text_config,
+        "vision_config": vision_config,
+    }
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 512,
+        "bos_token": "<|im_start|>",
+        "eos_token": "<end_of_utterance>",
+        "pad_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "padding_side": "right",
+        "extra_special_tokens": {
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+            "image_token": "<image>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+    }
+    image_processor = {
+        "image_processor_type": "SmolVLMImageProcessor",
+        "processor_class": "SmolVLMProcessor",
+        "do_resize": True,
+        "size": {"longest_edge": TINY_IMAGE_SIZE},
+        "max_image_size": {"longest_edge": TINY_IMAGE_SIZE},
+        "do_image_splitting": False,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "do_pad": True,
+        "resample": 1,
+    }
+    processor = {"processor_class": "SmolVLMProcessor", "image_seq_len": 4}
+
+    def dump(obj: object) -> str:
+        return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+    return {
+        "config.json": dump(config),
+        "tokenizer.json": tokenizer.to_str(pretty=True),
+        "tokenizer_config.json": dump(tokenizer_config),
+        "preprocessor_config.json": dump(image_processor),
+        "processor_config.json": dump(processor),
+    }
+
+
+def tiny_vlm_dir(cache_dir: Path | None = None) -> Path:
+    """Write the tiny SmolVLM configuration/tokenizer directory once and return it.
+
+    The directory holds ``config.json`` (a ``smolvlm`` config with a llama text model of
+    hidden size 64 × 4 layers and a ``smolvlm_vision`` model of hidden size 32 × 1 layer
+    at 64 px), ``preprocessor_config.json`` (SmolVLMImageProcessor),
+    ``processor_config.json``, and a byte-level ``tokenizer.json``/``tokenizer_config.json``
+    with SmolVLM's special image tokens. No weights: SmolVLA initialises them randomly.
+    The content is the same every time; it is written to a temporary directory and
+    renamed into place, so concurrent processes never see a half-written directory.
+
+    Args:
+        cache_dir: Parent folder; default ``$ZK0_CACHE_DIR`` or ``~/.cache/zk0``.
+
+    Returns:
+        ``<cache>/tiny-vlm-<version>``.
+    """
+    target = _cache_root(cache_dir) / f"{TINY_VLM_PREFIX}{TINY_VLM_VERSION}"
+    files = _tiny_vlm_files()
+    if target.is_dir() and all((target / n).is_file() for n in files):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race, or a stale partial directory
+            if not all((target / n).is_file() for n in files):
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.debug("wrote the tiny VLM directory %s", target)
+    return target
+
+
+def _is_tiny_vlm_path(name: str) -> bool:
+    return Path(name).name.startswith(TINY_VLM_PREFIX)
+
+
+# --- features and statistics ---------------------------------------------------------------
+
+
+def policy_features_from_dataset(
+    meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str]
+) -> dict[str, PolicyFeature]:
+    """Policy features (inputs and outputs) of a dataset, after the rename map.
+
+    Args:
+        meta: The dataset's metadata.
+        rename_map: Dataset key -> policy key (e.g. ``observation.images.top`` ->
+            ``observation.images.camera1``); keys not in the map are kept.
+
+    Returns:
+        ``{key: PolicyFeature}`` for ``observation.state``, ``observation.images.*`` and
+        ``action``; image shapes are ``(C, H, W)``.
+    """
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    features = dataset_to_policy_features(meta.features)
+    return {rename_map.get(k, k): v for k, v in features.items()}
+
+
+def check_features(
+    dataset_name: str, dataset_keys: Iterable[str], policy_keys: Iterable[str]
+) -> None:
+    """Check that a dataset provides exactly the policy's observation keys.
+
+    Args:
+        dataset_name: For the message.
+        dataset_keys: The dataset's feature keys (after the rename map); only
+            ``observation.*`` keys are compared.
+        policy_keys: The policy's input feature keys.
+
+    Raises:
+        FeatureMismatchError: Listing both sets, what is missing and extra, and a rename map.
+    """
+    ds = sorted({k for k in dataset_keys if k.startswith("observation.")})
+    pol = sorted({k for k in policy_keys if k.startswith("observation.")})
+    if ds != pol:
+        raise FeatureMismatchError(dataset_name, ds, pol)
+
+
+def _check_stats(stats: Mapping[str, Mapping[str, Any]] | None, cfg: Any) -> None:
+    """Raise unless ``stats`` hold mean/std for every state and action feature."""
+    from lerobot.configs import FeatureType
+
+    needed = [
+        k
+        for k, f in {**cfg.input_features, **cfg.output_features}.items()
+        if f.type in (FeatureType.STATE, FeatureType.ACTION)
+    ]
+    missing = [
+        k for k in needed if not stats or k not in stats or not {"mean", "std"} <= set(stats[k])
+    ]
+    if missing:
+        have = ", ".join(sorted(stats or {})) or "(none)"
+        raise DatasetError(
+            f"Normalisation statistics (mean/std) are missing for {', '.join(missing)}; the "
+            f"statistics provided cover: {have}. zk0 never trains without normalisation. "
+            "Use a dataset whose meta/stats.json covers these features, and make sure "
+            "data.rename_map renames dataset keys to the policy's keys."
+        )
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; other names as given."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def tiny_smolvla_config(
+    features: Mapping[str, PolicyFeature], *, device: str, chunk_size: int | None = None
+) -> Any:
+    """The ``SmolVLAConfig`` of the tiny preset for the given features.
+
+    Args:
+        features: Input and output policy features (after the rename map).
+        device: Torch device name.
+        chunk_size: Action chunk length; default :data:`TINY_CHUNK_SIZE`.
+
+    Returns:
+        A ``SmolVLAConfig`` with the tiny VLM, ``load_vlm_weights=False``, 64×64 image
+        padding and state/action padded to 8.
+    """
+    from lerobot.configs import FeatureType
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    chunk = chunk_size or TINY_CHUNK_SIZE
+    return SmolVLAConfig(
+        vlm_model_name=str(tiny_vlm_dir()),
+        load_vlm_weights=False,
+        num_vlm_layers=4,
+        resize_imgs_with_padding=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE),
+        max_state_dim=TINY_MAX_DIM,
+        max_action_dim=TINY_MAX_DIM,
+        chunk_size=chunk,
+        n_action_steps=chunk,
+        device=device,
+        input_features={k: f for k, f in features.items() if f.type != FeatureType.ACTION},
+        output_features={k: f for k, f in features.items() if f.type == FeatureType.ACTION},
+    )
+
+
+def make_processors(
+    cfg: Any, *, stats: Mapping[str, Mapping[str, Any]] | None, rename_map: Mapping[str, str]
+) -> tuple[PolicyProcessorPipeline, PolicyProcessorPipeline]:
+    """LeRobot's SmolVLA pre/post-processors with the data's stats and the rename map.
+
+    Raises:
+        DatasetError: ``stats`` lack mean/std for a state or action feature.
+    """
+    from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
+    from lerobot.processor import RenameObservationsProcessorStep
+
+    _check_stats(stats, cfg)
+    pre, post = make_smolvla_pre_post_processors(cfg, dataset_stats=_as_tensors(stats))
+    for step in pre.steps:
+        if isinstance(step, RenameObservationsProcessorStep):
+            step.rename_map = dict(rename_map)
+    return pre, post
+
+
+def _as_tensors(stats: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, s in (stats or {}).items():
+        out[key] = {
+            n: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+            if isinstance(v, (np.ndarray, list, float, int)) else v
+            for n, v in s.items()
+        }
+    return out
+
+
+def build_policy(
+    model: ModelConfig,
+    *,
+    meta: LeRobotDatasetMetadata,
+    rename_map: Mapping[str, str],
+    stats: Mapping[str, Mapping[str, Any]] | None,
+    seed: int,
+) -> PolicyBundle:
+    """Build the SmolVLA policy and its processors for a dataset.
+
+    Args:
+        model: ``kind="tiny"`` builds the offline tiny SmolVLA with features from ``meta``;
+            ``kind="pretrained"`` loads ``model.path`` (Hub id or local directory) and
+            checks its input features against the dataset's.
+        meta: Metadata of the dataset the policy will see (features, fps).
+        rename_map: Dataset key -> policy key, applied by the pre-processor.
+        stats: Normalisation statistics of the data, keyed by (renamed) feature.
+        seed: Seed of the random initialisation (tiny: same seed -> identical weights).
+
+    Returns:
+        The policy (in train mode, on ``model.device``) and its processors.
+
+    Raises:
+        FeatureMismatchError: The dataset's observation keys differ from the policy's.
+        DatasetError: ``stats`` do not cover the state/action features.
+        CheckpointError: ``model.path`` cannot be loaded.
+    """
+    import torch
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    device = resolve_device(model.device)
+    features = policy_features_from_dataset(meta, rename_map)
+    dataset_name = getattr(meta, "repo_id", "dataset")
+    if model.kind == "tiny":
+        cfg = tiny_smolvla_config(features, device=device.type, chunk_size=model.chunk_size)
+        cfg.freeze_vision_encoder = model.freeze_vision_encoder
+        cfg.train_expert_only = model.train_expert_only
+        _check_stats(stats, cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            policy = SmolVLAPolicy(cfg)
+    else:
+        assert model.path is not None  # enforced by ModelConfig
+        cfg = _load_pretrained_config(model.path)
+        cfg.device = device.type
+        cfg.freeze_vision_encoder = model.freeze_vision_encoder
+        cfg.train_expert_only = model.train_expert_only
+        if model.chunk_size:
+            cfg.chunk_size = cfg.n_action_steps = model.chunk_size
+        check_features(dataset_name, features, cfg.input_features)
+        _check_stats(stats, cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            policy = SmolVLAPolicy.from_pretrained(model.path, config=cfg)
+    policy.to(device)
+    policy.train()
+    pre, post = make_processors(cfg, stats=stats, rename_map=rename_map)
+    logger.info(
+        "built SmolVLA (%s) on %s: %s parameters, %s trainable",
+        model.kind, device, sum(p.numel() for p in policy.parameters()),
+        sum(p.numel() for p in policy.parameters() if p.requires_grad),
+    )
+    return PolicyBundle(policy=policy, preprocessor=pre, postprocessor=post, device=device)
+
+
+def _load_pretrained_config(path: str) -> Any:
+    """``PreTrainedConfig.from_pretrained`` with the tiny VLM path fixed up and clear errors."""
+    from lerobot.configs import PreTrainedConfig
+
+    local = Path(path)
+    if local.exists() and not (local / "config.json").is_file():
+        raise CheckpointError(path, ["config.json is missing (not a SmolVLA checkpoint)"])
+    try:
+        cfg = PreTrainedConfig.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001 - Hub/IO errors come in many types
+        raise CheckpointError(
+            path,
+            [f"cannot read the policy config ({type(err).__name__}: {err})",
+             "offline (HF_HUB_OFFLINE=1) only local directories and cached Hub ids load"],
+        ) from err
+    if getattr(cfg, "type", None) != "smolvla":
+        raise CheckpointError(path, [f"policy type is {cfg.type!r}, zk0 trains 'smolvla'"])
+    name = cfg.vlm_model_name
+    if _is_tiny_vlm_path(name) or (Path(name).is_absolute() and not Path(name).is_dir()):
+        cfg.vlm_model_name = str(tiny_vlm_dir())
+    return cfg
+
+
+# --- trainable tensors -----------------------------------------------------------------
+
+
+def trainable_parameter_names(policy: torch.nn.Module) -> list[str]:
+    """Names of the parameters that train and travel, in ``named_parameters`` order.
+
+    This is the one definition used by the trainer and the transport: every parameter
+    with ``requires_grad`` after SmolVLA's own freezing (by default the action expert
+    ``model.vlm_with_expert.lm_expert.*`` and the ``state_proj``/``action_*`` projections).
+    """
+    return [n for n, p in policy.named_parameters() if p.requires_grad]
+
+
+def get_trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached CPU float32 clones of the trainable parameters, keyed by name."""
+    import torch
+
+    wanted = set(trainable_parameter_names(policy))
+    return {
+        n: p.detach().to("cpu", torch.float32).clone()
+        for n, p in policy.named_parameters()
+        if n in wanted
+    }
+
+
+def set_trainable_state(
+    policy: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str
+) -> None:
+    """Copy trainable tensors into the policy after checking them.
+
+    Args:
+        policy: The policy to update in place.
+        tensors: ``{name: float32 tensor}`` exactly as :func:`get_trainable_state` returns.
+        source: Who sent them, for the error message.
+
+    Raises:
+        TransportError: Names, shapes or dtypes differ, or values are not finite.
+    """
+    import torch
+
+    from zk0cli.core.transport import TensorSpec, validate_tensors
+
+    params = dict(policy.named_parameters())
+    names = trainable_parameter_names(policy)
+    expected = {n: TensorSpec(tuple(params[n].shape), "float32") for n in names}
+    validate_tensors(tensors, expected, source=source)
+    with torch.no_grad():
+        for n in names:
+            params[n].copy_(tensors[n].to(params[n].device, params[n].dtype))
+
+
+# --- save and reload -----------------------------------------------------------------------
+
+
+def save_bundle(bundle: PolicyBundle, directory: Path) -> None:
+    """Write the policy (``config.json``, ``model.safetensors``) and both processors.
+
+    Args:
+        bundle: What to save.
+        directory: Target directory (created if needed).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    bundle.policy.save_pretrained(directory)
+    bundle.preprocessor.save_pretrained(directory)
+    bundle.postprocessor.save_pretrained(directory)
+
+
+def load_bundle(directory: Path, *, device: str = "cpu") -> PolicyBundle:
+    """Reload a bundle written by :func:`save_bundle`, offline.
+
+    The stored ``vlm_model_name`` (and the pre-processor's tokenizer path) is replaced by
+    :func:`tiny_vlm_dir` when it names the tiny preset or a local directory that no longer
+    exists, so a checkpoint moved to another machine still loads.
+
+    Args:
+        directory: A directory holding ``config.json``, ``model.safetensors``,
+            ``policy_preprocessor.json`` and ``policy_postprocessor.json``.
+        device: Torch device name (``auto`` allowed).
+
+    Returns:
+        The bundle, with tensors identical to the saved ones.
+
+    Raises:
+        CheckpointError: A file is missing or the policy does not load.
+    """
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    directory = Path(directory)
+    needed = ["config.json", "model.safetensors", PREPROCESSOR_FILE, POSTPROCESSOR_FILE]
+    missing = [f"{n} is missing" for n in needed if not (directory / n).is_file()]
+    if missing:
+        raise CheckpointError(str(directory), missing)
+    dev = resolve_device(device)
+    cfg = _load_pretrained_config(str(directory))
+    cfg.device = dev.type
+    policy = SmolVLAPolicy.from_pretrained(str(directory), config=cfg)
+    policy.to(dev)
+    pre, post = make_pre_post_processors(
+        cfg,
+        pretrained_path=str(directory),
+        preprocessor_overrides={
+            "tokenizer_processor": {"tokenizer_name": cfg.vlm_model_name},
+            "device_processor": {"device": dev.type},
+        },
+    )
+    return PolicyBundle(policy=policy, preprocessor=pre, postprocessor=post, device=dev)
