@@ -13,7 +13,7 @@ import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -48,7 +48,9 @@ class ModelConfig(_Section):
         None, ge=1, le=100, description="Action chunk length (frames); None keeps the model's."
     )
     freeze_vision_encoder: bool = Field(True, description="SmolVLA default: vision encoder frozen.")
-    train_expert_only: bool = Field(True, description="SmolVLA default: train the action expert only.")
+    train_expert_only: bool = Field(
+        True, description="SmolVLA default: train the action expert only."
+    )
 
     @model_validator(mode="after")
     def _path_for_pretrained(self) -> ModelConfig:
@@ -163,8 +165,12 @@ class FederationConfig(_Section):
         3, ge=1, description="End the run as failed after this many consecutive rounds "
         "without a valid client reply."
     )
-    client_cpus: float = Field(1.0, gt=0, description="CPUs reserved per simulated client.")
+    client_cpus: int = Field(1, ge=1, description="CPUs reserved per simulated client.")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved per simulated client.")
+    max_parallel_clients: int | None = Field(
+        None, ge=1, description="Simulated clients training at once; None = as many as the "
+        "CPUs allow (CPUs // client_cpus)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:

@@ -143,5 +143,7 @@ def _with_stats(bundle: PolicyBundle, meta: Any, cfg: RunConfig) -> PolicyBundle
     from zk0cli.core import data as D
     from zk0cli.core.policy import make_processors
 
-    pre, post = make_processors(bundle.policy, D.dataset_stats(meta, cfg.data.rename_map))
+    pre, post = make_processors(bundle.policy.config,
+                                stats=D.dataset_stats(meta, cfg.data.rename_map),
+                                rename_map=cfg.data.rename_map)
     return replace(bundle, preprocessor=pre, postprocessor=post)
