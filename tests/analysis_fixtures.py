@@ -8,12 +8,12 @@ no config.json, upstream key names).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from zk0cli.core.checkpoint import MANIFEST_JSON, build_manifest
 from zk0cli.core.rundir import RunDir, write_json
 
 EVAL_SETS = ("heldout/lift", "heldout/push")
@@ -41,9 +41,7 @@ def write_checkpoint(rd: RunDir, n: int) -> Path:
              "metrics.json": b'{"round": %d}' % n, "README.md": b"# model card\n"}
     for name, content in files.items():
         (ckpt / name).write_bytes(content)
-    write_json(ckpt / "manifest.json", {"round": n, "files": {
-        name: {"size": len(c), "sha256": hashlib.sha256(c).hexdigest()}
-        for name, c in files.items()}})
+    write_json(ckpt / MANIFEST_JSON, build_manifest(ckpt, server_round=n))
     return ckpt
 
 
@@ -92,14 +90,16 @@ def write_run(
                     "param_update_norm": 0.05 * 0.9**n, "param_hash": "ab" * 32,
                     "num_steps": 5, "num_examples": 20, "lr": lr, "seconds": 3.0})
         losses = [c["loss"] for c in individual]
-        avg = (sum(losses) / len(losses)) if losses else None
+        avg = (sum(losses) / len(losses)) if losses else math.nan  # as zk0's strategy writes
+        some = 1.0 if individual else math.nan
         agg = {"num_clients": len(individual), "num_failures": len(failed),
-               "num_examples": 20 * len(individual), "loss_avg": avg, "loss_std": 0.01,
-               "policy_loss_avg": None if avg is None else avg - 0.001,
-               "fedprox_loss_avg": 0.001, "grad_norm_avg": 2.0,
-               "param_update_norm_avg": 0.05 * 0.9**n if individual else None} if n else {}
+               "num_examples": 20 * len(individual), "loss_avg": avg, "loss_std": 0.01 * some,
+               "policy_loss_avg": avg - 0.001, "fedprox_loss_avg": 0.001 * some,
+               "grad_norm_avg": 2.0 * some, "param_update_norm_avg": 0.05 * 0.9**n * some,
+               } if n else None
         data = {
             "round": n, "aggregated": bool(individual) if n else False,
+            "note": None if individual or not n else "no client update to aggregate",
             "proximal_mu": mu, "lr": lr, "seconds": 10.0,
             "server_eval": {"datasets": datasets, "composite": comp},
             "server_composite_eval_loss": comp,
@@ -120,9 +120,10 @@ def write_run(
                         "error": f["reason"]})
         fed_rows.append({
             "round": n, "aggregated": data["aggregated"], "num_clients": len(individual),
-            "num_failures": len(failed), "avg_client_loss": agg.get("loss_avg"),
-            "avg_policy_loss": agg.get("policy_loss_avg"), "avg_fedprox_loss": 0.001,
-            "avg_grad_norm": 2.0, "avg_param_update_norm": agg.get("param_update_norm_avg"),
+            "num_failures": len(failed), "avg_client_loss": (agg or {}).get("loss_avg"),
+            "avg_policy_loss": (agg or {}).get("policy_loss_avg"), "avg_fedprox_loss": 0.001,
+            "avg_grad_norm": 2.0,
+            "avg_param_update_norm": (agg or {}).get("param_update_norm_avg"),
             "server_policy_loss": data["server_eval"]["composite"], "proximal_mu": mu,
             "lr": lr, "seconds": 10.0})
         if n not in set(history_skip):
@@ -188,7 +189,3 @@ def write_upstream_run(outputs: Path, *, name: str = "2025-10-17_09-00-00") -> P
     write_json(server / "federated_metrics.json", rows)
     write_json(server / "policy_loss_history.json", history)
     return root
-
-
-def nan() -> float:
-    return math.nan

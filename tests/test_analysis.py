@@ -94,8 +94,19 @@ def test_seeded_evidence_names_the_cause(tmp_path: Path) -> None:
     assert by_kind["non_finite"].evidence == [
         "server/round_3_server_eval.json: loss_avg = nan"]
     ckpt = [f for f in s.findings if f.kind == "incomplete_checkpoint"]
-    assert any("sha256" in e for f in ckpt for e in f.evidence)
+    assert any("SHA-256" in e for f in ckpt for e in f.evidence)
     assert any("models/latest names an incomplete" in f.message for f in ckpt)
+
+
+def test_round_without_clients_is_no_aggregation_not_nan(tmp_path: Path) -> None:
+    rd = write_run(tmp_path, no_aggregation=[4])
+    raw = json.loads(rd.server_eval(4).read_text())
+    assert raw["client_aggregated_training_metrics"]["loss_avg"] == "nan"  # as zk0 writes it
+    s = _analyze(rd.root)
+    assert "non_finite" not in _kinds(s)
+    (f,) = [f for f in s.findings if f.kind == "no_aggregation"]
+    assert "no client update to aggregate" in f.evidence[0]
+    assert "TrainingDivergedError" in f.evidence[0]
 
 
 def test_nan_is_stored_as_string_and_read_back(tmp_path: Path) -> None:

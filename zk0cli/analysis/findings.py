@@ -110,7 +110,9 @@ def detect_no_aggregation(run: RunData, th: AnalysisThresholds) -> list[Finding]
     for rec in run.training_rounds:
         if rec.aggregated is False or (rec.aggregated is None and rec.source == "server_eval"
                                        and not rec.ok_clients):
-            reasons = "; ".join(f"client {f['client_id']}: {f['reason']}" for f in rec.failures)
+            reasons = "; ".join([*([rec.note] if rec.note else []),
+                                 *(f"client {f['client_id']}: {f['reason']}"
+                                   for f in rec.failures)])
             rounds.append(rec.round)
             evidence.append(f"round {rec.round}: {len(rec.ok_clients)} client update(s) "
                             f"aggregated" + (f" ({reasons})" if reasons else ""))
@@ -126,15 +128,21 @@ _ROUND_IN_FIELD = re.compile(r"^\[(\d+)\]$")
 
 def detect_non_finite(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     """Every NaN/Inf value stored in the run's files."""
-    if not run.non_finite:
-        return []
+    # zk0 writes NaN means/stds for a round in which no client reported: "no data", not a
+    # numerical failure (that round is reported as no_aggregation)
+    empty = {r.round for r in run.training_rounds if r.aggregated_metrics.get("num_clients") == 0}
     rounds: set[int] = set()
     evidence = []
     for where, name, value in run.non_finite:
         m = _ROUND_IN_WHERE.search(where) or _ROUND_IN_FIELD.match(name)
-        if m:
-            rounds.add(int(m.group(1)))
+        n = int(m.group(1)) if m else None
+        if n in empty and name.endswith(("_avg", "_std")):
+            continue
+        if n is not None:
+            rounds.add(n)
         evidence.append(f"{where}: {name} = {value}")
+    if not evidence:
+        return []
     return [Finding(kind="non_finite", severity="error", rounds=sorted(rounds), evidence=evidence,
                     message=f"{len(evidence)} non-finite value(s) (NaN/Inf) in the run's files")]
 

@@ -8,7 +8,6 @@ unreadable becomes a note, not an error, so running, failed and interrupted runs
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from zk0cli.core.rundir import RUN_JSON, RUN_STATUSES, RunDir, read_json
 from zk0cli.errors import RunDirError
 from zk0cli.log import logger
 
-MANIFEST_JSON = "manifest.json"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
                "infinity": math.inf, "-infinity": -math.inf}
 _CLIENT_FIELDS = (C.LOSS, C.POLICY_LOSS, C.FEDPROX_LOSS, C.GRAD_NORM, C.PARAM_UPDATE_NORM,
@@ -128,8 +126,9 @@ def _round_from_eval(rd: RunDir, n: int, rdr: _Reader, notes: list[str]) -> Roun
         n_agg = agg.get("num_clients")
         aggregated = None if n == 0 else bool(
             any(c.status == "ok" for c in clients) or (n_agg is not None and n_agg > 0))
+    note = raw.get("note")
     return RoundRecord(
-        round=n, aggregated=aggregated,
+        round=n, aggregated=aggregated, note=str(note) if note else None,
         proximal_mu=rdr.num(raw.get("proximal_mu", agg.get("diagnosis_mu")), where, "proximal_mu"),
         lr=rdr.num(raw.get("lr", agg.get("diagnosis_lr")), where, "lr"),
         seconds=rdr.num(raw.get(C.SECONDS), where, C.SECONDS),
@@ -139,8 +138,8 @@ def _round_from_eval(rd: RunDir, n: int, rdr: _Reader, notes: list[str]) -> Roun
 
 
 def _round_from_row(row: dict[str, Any], rdr: _Reader, where: str) -> RoundRecord:
-    agg = _aggregated(row, rdr, where)
     n = int(row["round"])
+    agg = _aggregated(row, rdr, f"{where} round {n}")
     aggregated = row.get("aggregated")
     return RoundRecord(
         round=n, source="federated_metrics",
@@ -170,16 +169,12 @@ def _history(rd: RunDir, rdr: _Reader, notes: list[str]) -> dict[int, float | No
     return dict(sorted(out.items()))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_checkpoint(path: Path, n: int, *, verify_checksums: bool = True) -> CheckpointRecord:
     """Compare a checkpoint directory with its ``manifest.json``.
+
+    With ``verify_checksums`` this is :func:`zk0cli.core.checkpoint.manifest_problems`
+    (sizes and SHA-256); without, sizes only. Files not listed in the manifest are
+    reported either way.
 
     Args:
         path: ``models/checkpoint_round_<N>/``.
@@ -189,27 +184,29 @@ def check_checkpoint(path: Path, n: int, *, verify_checksums: bool = True) -> Ch
     Returns:
         The record; ``problems`` lists missing, extra, resized or altered files.
     """
+    from zk0cli.core.checkpoint import MANIFEST_JSON, manifest_problems
+
     manifest_path = path / MANIFEST_JSON
     if not manifest_path.is_file():
         return CheckpointRecord(round=n, path=path, has_manifest=False,
-                                problems=[f"no {MANIFEST_JSON}"])
+                                problems=[f"{MANIFEST_JSON} is missing"])
     try:
-        files = read_json(manifest_path).get("files", {})
-    except (RunDirError, AttributeError):
+        files = dict(read_json(manifest_path)["files"])
+    except (RunDirError, KeyError, TypeError, ValueError) as err:
         return CheckpointRecord(round=n, path=path, has_manifest=True,
-                                problems=[f"{MANIFEST_JSON} is not valid"])
-    problems = []
-    for rel, meta in sorted(files.items()):
-        f = path / rel
-        if not f.is_file():
-            problems.append(f"{rel}: listed in the manifest but missing")
-        elif f.stat().st_size != meta.get("size"):
-            problems.append(
-                f"{rel}: size {f.stat().st_size} bytes, manifest says {meta.get('size')}")
-        elif verify_checksums and _sha256(f) != meta.get("sha256"):
-            problems.append(f"{rel}: sha256 differs from the manifest")
+                                problems=[f"{MANIFEST_JSON} is unreadable: {err}"])
+    if verify_checksums:
+        problems = manifest_problems(path)
+    else:
+        problems = []
+        for rel, meta in sorted(files.items()):
+            f = path / rel
+            if not f.is_file():
+                problems.append(f"{rel}: listed in the manifest but missing")
+            elif f.stat().st_size != meta.get("size"):
+                problems.append(f"{rel}: size {f.stat().st_size} != manifest {meta.get('size')}")
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = str(f.relative_to(path))
+        rel = f.relative_to(path).as_posix()
         if rel != MANIFEST_JSON and rel not in files:
             problems.append(f"{rel}: not in the manifest")
     return CheckpointRecord(round=n, path=path, has_manifest=True, problems=problems)
@@ -283,7 +280,7 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
     if fmt == "upstream" and checkpoints:
         notes.append("Upstream checkpoints carry no manifest.json; they were not verified.")
         checkpoints = [c.model_copy(update={"has_manifest": True, "problems": []})
-                       if c.problems == [f"no {MANIFEST_JSON}"] else c for c in checkpoints]
+                       if not c.has_manifest else c for c in checkpoints]
     latest, latest_problem = None, None
     if rd.latest.is_file():
         latest = rd.latest.read_text(encoding="utf-8").strip()

@@ -67,6 +67,7 @@ class RoundRecord(_Model):
             a ``federated_metrics`` row).
         aggregated: Whether the server aggregated client updates this round (``None``
             when the file does not say and it cannot be inferred).
+        note: The server's note on the round (e.g. why nothing was aggregated).
         eval_datasets: Server eval loss per held-out dataset.
         composite: Server composite eval loss (mean over eval datasets).
         aggregated_metrics: Aggregated client training metrics under zk0's names
@@ -78,6 +79,7 @@ class RoundRecord(_Model):
     round: int
     source: Literal["server_eval", "federated_metrics"] = "server_eval"
     aggregated: bool | None = None
+    note: str | None = None
     proximal_mu: float | None = None
     lr: float | None = None
     seconds: float | None = None
