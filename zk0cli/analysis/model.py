@@ -37,6 +37,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class AnalyzeRunOptions(_Model):
+    """Validated inputs of ``zk0 analyze-run`` (see docs/analyze-run.md).
+
+    Attributes:
+        run: Run directory, ``latest`` or a name prefix such as ``outputs/2025-10-17``.
+        compare: Another run, in the same forms, to compare with.
+        format: Console output: ``text`` (tables), ``md`` (report.md) or ``json``
+            (summary.json).
+        outputs_root: Folder holding run directories, for ``latest`` and bare prefixes.
+        write_report: Write ``report/`` into the run directory.
+    """
+
+    run: str = Field(min_length=1)
+    compare: str | None = None
+    format: Literal["text", "md", "json"] = "text"
+    outputs_root: Path = Path("outputs")
+    write_report: bool = True
+
+
 # --- what the files say ----------------------------------------------------------------------
 
 

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
-from rich.table import Table
 
-from zk0cli.analysis.model import LossStats, RunAnalysis
-from zk0cli.analysis.report import summary_jsonable
 from zk0cli.cli.errors import err_console, handle_errors
 from zk0cli.errors import ConfigError, FieldProblem
 
+if TYPE_CHECKING:  # pydantic models; imported when the command runs, so --help stays fast
+    from zk0cli.analysis.model import LossStats, RunAnalysis
+
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-
-
-class AnalyzeRunOptions(BaseModel):
-    """Validated inputs of ``zk0 analyze-run``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run: str
-    compare: str | None = None
-    format: Literal["text", "md", "json"] = "text"
-    outputs_root: Path = Path("outputs")
-    write_report: bool = True
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -59,6 +46,8 @@ def render_analysis(analysis: RunAnalysis, console: Console, *, max_rounds: int 
         console: Where to print.
         max_rounds: Show at most this many rounds (the last ones) in the rounds table.
     """
+    from rich.table import Table
+
     s = analysis.summary
     status_style = {"completed": "green", "failed": "red", "running": "cyan"}.get(s.status,
                                                                                     "yellow")
@@ -149,8 +138,20 @@ def analyze_run(
         help="Write report/ (summary.json, report.md, PNG plots) into the run directory.",
     )] = True,
 ) -> None:
-    """Report, plots and anomalies for a run directory (also upstream zk0 runs)."""
+    """Report, plots and anomalies for a run directory (also upstream zk0 runs).
+
+    RUN is a run directory, 'latest' (the newest run under --outputs-root) or a prefix
+    such as outputs/2025-10-17 (the newest run of that day; the others are listed).
+    Writes report/ (summary.json, report.md, PNG plots) into the run directory.
+    """
     with handle_errors("analyze-run"):
+        from pydantic import ValidationError
+
+        from zk0cli.analysis import analyze_run as run_analysis
+        from zk0cli.analysis import resolve_run
+        from zk0cli.analysis.model import AnalyzeRunOptions
+        from zk0cli.analysis.report import summary_jsonable
+
         try:
             opts = AnalyzeRunOptions(run=run, compare=compare, format=fmt,  # type: ignore[arg-type]
                                      outputs_root=outputs_root, write_report=write_report)
@@ -158,9 +159,6 @@ def analyze_run(
             raise ConfigError([FieldProblem("--" + str(e["loc"][0]).replace("_", "-"),
                                             e.get("input"), e["msg"]) for e in err.errors()],
                               source="zk0 analyze-run") from None
-        from zk0cli.analysis import analyze_run as run_analysis
-        from zk0cli.analysis import resolve_run
-
         target = resolve_run(opts.run, outputs_root=opts.outputs_root)
         if target.how != "path":
             err_console.print(f"Analysing {target.path} (newest of {1 + len(target.others)} "
