@@ -52,6 +52,13 @@ class ModelConfig(_Section):
         True, description="SmolVLA default: train the action expert only."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_path_for_tiny(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "tiny" and "path" not in data:
+            data = {**data, "path": None}
+        return data
+
     @model_validator(mode="after")
     def _path_for_pretrained(self) -> ModelConfig:
         if self.kind == "pretrained" and not self.path:

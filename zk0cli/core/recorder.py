@@ -81,6 +81,7 @@ class RunRecorder:
         for r in reports:
             entry = {K.CLIENT_ID: r.client_id, **r.metrics, "node_id": r.node_id}
             entry.pop(K.FAILED, None)
+            entry.pop(K.NUM_EXAMPLES_KEY, None)  # Flower's weighting key; num_examples stays
             individual.append(entry)
             client_file = {**entry, "round": server_round, "status": "ok" if r.ok else "failed"}
             if not r.ok:
