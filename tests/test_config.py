@@ -127,3 +127,12 @@ def test_sim_task_must_be_known():
 def test_local_source_needs_root():
     with pytest.raises(ConfigError, match="root is required"):
         load_config(preset="tiny", overrides=['data.clients=[{source="local", name="x"}]'])
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from the models; regenerate when this fails."""
+    from zk0cli.core.config import render_config_reference
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text(encoding="utf-8") == render_config_reference(), (
+        "docs/configuration.md is stale: run `python scripts/gen_config_docs.py`")
