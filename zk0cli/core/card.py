@@ -1,0 +1,260 @@
+"""The model card (``README.md``) of a zk0 checkpoint, from a Jinja template.
+
+Used by the checkpoint writer (each ``models/checkpoint_round_N/README.md``) and by
+``zk0 push --regenerate-card``. The card is built with huggingface_hub's
+:class:`~huggingface_hub.ModelCard` and :class:`~huggingface_hub.ModelCardData` from
+``zk0cli/core/templates/model_card.md``; every number comes from the run directory
+(``config.json``, ``run.json``, ``server/policy_loss_history.json``,
+``server/federated_metrics.json``, ``server/round_N_server_eval.json``). Missing files
+are tolerated (a run still running has no ``ended_at``, a round may not be evaluated):
+the card then says less, it never guesses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zk0cli.core.rundir import RunDir, read_json
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+CARD_TAGS: tuple[str, ...] = (
+    "lerobot",
+    "smolvla",
+    "federated-learning",
+    "flower",
+    "fedprox",
+    "so100",
+    "so101",
+)
+LICENSE = "apache-2.0"
+LIBRARY_NAME = "lerobot"
+PIPELINE_TAG = "robotics"
+REPO_PLACEHOLDER = "<user>/<model>"
+MAX_EVAL_ROWS = 50  # longer histories are thinned to every k-th round (+ first, best, last)
+_VERSION_ORDER = ("zk0", "flwr", "lerobot", "torch", "python")
+_MISSING = "–"
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """Server evaluation of one round.
+
+    Attributes:
+        round: Federated round (0 = the initial model).
+        loss: Composite server eval policy loss; ``nan`` if it was not finite.
+    """
+
+    round: int
+    loss: float
+
+
+def _as_float(value: Any) -> float | None:
+    """A JSON number or one of the strings ``"nan"``, ``"inf"``, ``"-inf"``; else ``None``."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(value: Any) -> str:
+    number = _as_float(value)
+    if number is None:
+        return _MISSING
+    return f"{number:.4g}"
+
+
+def _read_optional(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
+
+
+def eval_history(run_dir: RunDir, *, up_to_round: int) -> list[EvalPoint]:
+    """Server eval loss per evaluated round, ascending, rounds ``<= up_to_round``.
+
+    Reads ``server/policy_loss_history.json``; rounds it lacks are taken from
+    ``server/federated_metrics.json`` (``server_policy_loss``).
+
+    Args:
+        run_dir: The run directory.
+        up_to_round: Last round to include (the checkpoint's round).
+
+    Returns:
+        One point per evaluated round.
+
+    Raises:
+        RunDirError: A file exists but is not valid JSON.
+    """
+    losses: dict[int, float] = {}
+    history = _read_optional(run_dir.policy_loss_history) or {}
+    for key, value in dict(history).items():
+        loss = _as_float(value)
+        if str(key).isdigit() and loss is not None:
+            losses[int(key)] = loss
+    for row in _read_optional(run_dir.federated_metrics) or []:
+        rnd, loss = row.get("round"), _as_float(row.get("server_policy_loss"))
+        if isinstance(rnd, int) and loss is not None:
+            losses.setdefault(rnd, loss)
+    return [EvalPoint(r, losses[r]) for r in sorted(losses) if r <= up_to_round]
+
+
+def _eval_rows(
+    points: list[EvalPoint], metrics_rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int]:
+    """Rows of the per-round table, the summary (first/best/last) and the thinning step."""
+    if not points:
+        return [], None, 1
+    by_round = {row.get("round"): row for row in metrics_rows if isinstance(row, dict)}
+    finite = [p for p in points if math.isfinite(p.loss)]
+    best = min(finite, key=lambda p: p.loss) if finite else points[0]
+    first, last = points[0], points[-1]
+    step = max(1, math.ceil(len(points) / MAX_EVAL_ROWS))
+    keep = {first.round, best.round, last.round}
+    chosen = [p for i, p in enumerate(points) if i % step == 0 or p.round in keep]
+
+    def row(p: EvalPoint) -> dict[str, Any]:
+        metrics = by_round.get(p.round, {})
+        clients = metrics.get("num_clients")
+        return {
+            "round": p.round,
+            "loss": _fmt(p.loss),
+            "client_loss": _fmt(metrics.get("avg_client_loss")),
+            "clients": clients if clients is not None else _MISSING,
+        }
+
+    summary = {"first": row(first), "best": row(best), "last": row(last)}
+    return [row(p) for p in chosen], summary, step
+
+
+def _clients(config: dict[str, Any]) -> list[dict[str, str]]:
+    data = config.get("data") or {}
+    specs = [s for s in data.get("clients") or [] if isinstance(s, dict)]
+    federation = config.get("federation") or {}
+    n = federation.get("num_clients") or len(specs)
+    partition = data.get("partition", "dataset")
+    out = []
+    for i in range(n):
+        if partition == "episodes":
+            spec = specs[0] if specs else {}
+        else:
+            spec = specs[i] if i < len(specs) else {}
+        name = str(spec.get("name", _MISSING))
+        if partition == "episodes":
+            name = f"{name} (episodes split {n} ways)"
+        source = str(spec.get("source", _MISSING))
+        out.append({"client_id": str(i), "dataset": name, "source": source})
+    return out
+
+
+def _is_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.count("/") != 1 or name.startswith(("/", ".", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_datasets(config: dict[str, Any]) -> list[str]:
+    data = config.get("data") or {}
+    names = []
+    for spec in data.get("clients") or []:
+        name = str(spec.get("name", ""))
+        if spec.get("source", "hub") in ("hub", "local") and _is_hub_id(name) and name not in names:
+            names.append(name)
+    return names
+
+
+def _versions(run: dict[str, Any]) -> list[tuple[str, str]]:
+    versions = {str(k): str(v) for k, v in (run.get("versions") or {}).items()}
+    ordered = [(k, versions.pop(k)) for k in _VERSION_ORDER if k in versions]
+    return ordered + sorted(versions.items())
+
+
+def build_model_card(
+    run_dir: Path, *, checkpoint_round: int, repo_id: str | None = None
+) -> ModelCard:
+    """Build the model card of the checkpoint of round ``checkpoint_round`` of a run.
+
+    Args:
+        run_dir: The run directory (``outputs/<timestamp>``), possibly of a run still
+            running; optional files it lacks are left out of the card.
+        checkpoint_round: Federated round of the checkpoint (rows of later rounds are
+            left out).
+        repo_id: Hub repository the card will live in, used in the loading snippet;
+            ``None`` writes the placeholder ``<user>/<model>``.
+
+    Returns:
+        A :class:`huggingface_hub.ModelCard`; ``str(card)`` is the ``README.md`` text
+        (YAML metadata header + markdown body), ``card.save(path)`` writes it.
+
+    Raises:
+        RunDirError: A run-directory file exists but is not valid JSON.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    rd = RunDir(Path(run_dir).absolute())
+    config = dict(_read_optional(rd.config_json) or {})
+    run = rd.read_run()
+    model = config.get("model") or {}
+    training = config.get("training") or {}
+    federation = config.get("federation") or {}
+    data = config.get("data") or {}
+    metrics_rows = list(_read_optional(rd.federated_metrics) or [])
+    round_eval = dict(_read_optional(rd.server_eval(checkpoint_round)) or {})
+
+    base_model = None
+    if model.get("kind") == "pretrained" and _is_hub_id(str(model.get("path") or "")):
+        base_model = str(model["path"])
+    card_data = ModelCardData(
+        library_name=LIBRARY_NAME,
+        pipeline_tag=PIPELINE_TAG,
+        license=LICENSE,
+        tags=list(CARD_TAGS),
+        base_model=base_model,
+        datasets=_hub_datasets(config) or None,
+    )
+    rows, summary, step = _eval_rows(eval_history(rd, up_to_round=checkpoint_round), metrics_rows)
+    eval_datasets = sorted(((round_eval.get("server_eval") or {}).get("datasets") or {}).keys())
+    if not eval_datasets:
+        eval_datasets = [str(s.get("name")) for s in data.get("eval") or [] if isinstance(s, dict)]
+    clients = _clients(config)
+    title_repo = repo_id or "zk0 federated SmolVLA"
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_title=title_repo.split("/")[-1],
+        repo_id=repo_id or REPO_PLACEHOLDER,
+        checkpoint_round=checkpoint_round,
+        rounds_planned=run.get("rounds_planned") or federation.get("rounds"),
+        run_status=run.get("status"),
+        model_kind=model.get("kind"),
+        base_model_text=model.get("path") or ("zk0 tiny (random init)"
+                                              if model.get("kind") == "tiny" else _MISSING),
+        num_clients=len(clients) or _MISSING,
+        steps_per_round=training.get("steps_per_round", _MISSING),
+        batch_size=training.get("batch_size", _MISSING),
+        lr=_fmt(training.get("lr")),
+        scheduler=training.get("scheduler", _MISSING),
+        proximal_mu=_fmt(federation.get("proximal_mu")),
+        seed=config.get("seed", run.get("seed", _MISSING)),
+        partition=data.get("partition", _MISSING),
+        clients=clients,
+        eval_datasets=eval_datasets,
+        eval_rows=rows,
+        eval_rows_thinned=step > 1,
+        eval_rows_step=step,
+        first=(summary or {}).get("first"),
+        best=(summary or {}).get("best"),
+        last=(summary or {}).get("last"),
+        versions=_versions(run),
+    )
