@@ -58,6 +58,18 @@ def write_dataset(root: Path, *, repo_id: str = "zk0test/so101", episodes: int =
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the tiny model's ops are small, and with two threads on shared
+    cores a training step went from ~60 ms to ~0.5-1 s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def so101_root(tmp_path_factory) -> Path:
     """A 4-episode × 20-frame image dataset, cameras top/wrist at 32×32, fps 10."""

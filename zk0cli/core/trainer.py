@@ -245,7 +245,8 @@ def evaluate(
     devices = [bundle.device.index or 0] if bundle.device.type == "cuda" else []
     total, frames = 0.0, 0
     try:
-        with torch.no_grad():
+        # fork_rng around the loop too: iterating a DataLoader draws a seed from the RNG.
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             for i, raw in enumerate(loader):
                 if i >= batches:
                     break
