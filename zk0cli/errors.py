@@ -162,3 +162,11 @@ class FederationError(Zk0Error, RuntimeError):
 
 class HubError(Zk0Error, RuntimeError):
     """An upload to the Hugging Face Hub failed."""
+
+
+class ReleaseTestsFailedError(Zk0Error, RuntimeError):
+    """``zk0 release``: the test command failed, so nothing was bumped, committed or tagged."""
+
+
+class GitError(Zk0Error, RuntimeError):
+    """A git command failed while releasing; the message says what was already done."""

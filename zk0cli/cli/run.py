@@ -1,13 +1,164 @@
-"""``zk0 simulate`` and ``zk0 tiny-run``."""
+"""``zk0 simulate`` and ``zk0 tiny-run``: run a federation on this machine."""
 
-from zk0cli.cli.errors import not_available
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors
+from zk0cli.cli.options import ClientsOpt, ConfigOpt, OutOpt, PresetOpt, RoundsOpt, SetOpt
+
+if TYPE_CHECKING:
+    from zk0cli.core.config import RunConfig
+    from zk0cli.core.rundir import RunDir
+    from zk0cli.engine.runs import RunProgress
+
+console = Console(highlight=False)
 
 
-def simulate() -> None:
-    """Run N virtual clients on this machine (Flower simulation runtime)."""
-    not_available("simulate", "issue: Federation")
+def _progress_table(p: RunProgress, clients: int) -> Table:
+    t = Table.grid(padding=(0, 2))
+    eta = ""
+    if p.rounds_done > 0 and p.rounds_done < p.rounds_total:
+        per = p.elapsed_s / p.rounds_done
+        eta = f"  ETA {per * (p.rounds_total - p.rounds_done):.0f} s"
+    loss = f"{p.last_loss:.4f}" if p.last_loss is not None else "-"
+    t.add_row("round", f"{min(p.rounds_done + 1, p.rounds_total)}/{p.rounds_total}"
+              if p.rounds_done < p.rounds_total else f"{p.rounds_total}/{p.rounds_total}")
+    t.add_row("clients finished", f"{p.clients_reported}/{clients}")
+    t.add_row("server policy loss", loss)
+    t.add_row("elapsed", f"{p.elapsed_s:.0f} s{eta}")
+    t.add_row("status", p.status)
+    return t
 
 
-def tiny_run() -> None:
-    """One-round smoke run of the whole lifecycle on the embedded defaults."""
-    not_available("tiny-run", "issue: Federation")
+def summary_table(rundir: RunDir) -> Table:
+    """Per-round summary read from ``server/federated_metrics.json``."""
+    from zk0cli.core.rundir import read_json
+
+    rows = read_json(rundir.federated_metrics) if rundir.federated_metrics.is_file() else []
+    t = Table(title="zk0 run summary", title_justify="left")
+    for col in ("round", "clients", "failed", "client loss", "fedprox", "server loss", "s"):
+        t.add_column(col, justify="right")
+
+    def f(v: object, fmt: str = ".4f") -> str:
+        return format(v, fmt) if isinstance(v, int | float) else "-"
+
+    for r in rows:
+        t.add_row(str(r["round"]), str(r.get("num_clients", "-")),
+                  str(r.get("num_failures", "-")), f(r.get("avg_client_loss")),
+                  f(r.get("avg_fedprox_loss"), ".2e"), f(r.get("server_policy_loss")),
+                  f(r.get("seconds"), ".1f"))
+    return t
+
+
+def run_local_federation(config: RunConfig, *, out: Path | None, command: str) -> RunDir:
+    """Validate, prepare data, run the simulation with a live display; return the run dir.
+
+    Raises:
+        typer.Exit: With 1 when the run did not complete, 130 when interrupted.
+    """
+    from zk0cli.engine.prepare import prepare_datasets
+    from zk0cli.engine.runs import create_run
+    from zk0cli.engine.simulate import parallelism, run_simulation
+
+    with console.status("preparing datasets...") as status:
+        prepare_datasets(config, on_dataset=lambda n: status.update(f"preparing dataset {n}..."))
+    rundir = create_run(config, out=out, command=command, engine="simulation")
+    par = parallelism(config)
+    console.print(f"run directory: {rundir.root}")
+    console.print(f"{config.num_clients} clients, {config.federation.rounds} round(s); "
+                  f"{par.parallel_clients} client(s) in parallel "
+                  f"({par.cpus_per_client:g} CPU each of {par.cpus})")
+    t0 = time.monotonic()
+    with Live(console=console, refresh_per_second=2, transient=True) as live:
+        status = run_simulation(
+            config, rundir,
+            on_progress=lambda p: live.update(_progress_table(p, config.num_clients)))
+    console.print(summary_table(rundir))
+    run = rundir.read_run()
+    console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
+    if status != "completed":
+        from zk0cli.cli.errors import err_console
+
+        err_console.print(f"run {status}: {run.get('error') or 'see server.log'}")
+        raise typer.Exit(EXIT_FAILURE)
+    return rundir
+
+
+def _load(config: Path | None, preset: str | None, sets: list[str] | None,
+          flags: dict[str, object]) -> RunConfig:
+    from zk0cli.core.config import load_config
+
+    return load_config(preset=preset, config_file=config, overrides=sets or [], flags=flags)
+
+
+def simulate(
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    rounds: RoundsOpt = None,
+    clients: ClientsOpt = None,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run N virtual clients on this machine through a local Flower SuperLink."""
+    with handle_errors():
+        cfg = _load(config, preset, set_, {"federation.rounds": rounds,
+                                           "federation.num_clients": clients})
+        run_local_federation(cfg, out=out, command="simulate")
+    raise typer.Exit(EXIT_OK)
+
+
+def tiny_run(
+    config: ConfigOpt = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of the smoke run.")] = 1,
+    clients: Annotated[int, typer.Option("--clients", help="Clients of the smoke run.")] = 2,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the checkpoint (needs --repo-id).")]
+    = False,
+    repo_id: Annotated[str | None, typer.Option("--repo-id", help="Hub repo for --push.",
+                                                show_default=False)] = None,
+) -> None:
+    """One-round smoke run of the whole lifecycle on the embedded defaults (offline).
+
+    Phases: config, data, federation, checkpoint, analysis, and push only with --push.
+    """
+    from zk0cli.engine import tiny_run as T
+
+    phase = "config"
+    try:
+        with handle_errors(phase):
+            if push and not repo_id:
+                from zk0cli.errors import UsageError
+
+                raise UsageError("--push needs --repo-id user/model; nothing was pushed.")
+            cfg = _load(config, None if config else "tiny", set_,
+                        {"federation.rounds": rounds, "federation.num_clients": clients})
+        phase = "federation"
+        with handle_errors(phase):
+            rundir = run_local_federation(cfg, out=out, command="tiny-run")
+        phase = "checkpoint"
+        with handle_errors(phase):
+            ckpt = T.check_checkpoint(rundir)
+            console.print(f"checkpoint reloads offline with SmolVLAPolicy.from_pretrained: {ckpt}")
+        phase = "analysis"
+        with handle_errors(phase):
+            T.analyze(rundir, console)
+        if push:
+            phase = "push"
+            with handle_errors(phase):
+                T.push(ckpt, repo_id=str(repo_id), console=console)
+    except typer.Exit as exc:
+        if exc.exit_code not in (0, None):
+            from zk0cli.cli.errors import err_console
+
+            err_console.print(f"tiny-run failed in phase: {phase}")
+        raise
+    console.print("tiny-run: all phases passed")

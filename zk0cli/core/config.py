@@ -13,7 +13,7 @@ import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -48,7 +48,16 @@ class ModelConfig(_Section):
         None, ge=1, le=100, description="Action chunk length (frames); None keeps the model's."
     )
     freeze_vision_encoder: bool = Field(True, description="SmolVLA default: vision encoder frozen.")
-    train_expert_only: bool = Field(True, description="SmolVLA default: train the action expert only.")
+    train_expert_only: bool = Field(
+        True, description="SmolVLA default: train the action expert only."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_path_for_tiny(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "tiny" and "path" not in data:
+            data = {**data, "path": None}
+        return data
 
     @model_validator(mode="after")
     def _path_for_pretrained(self) -> ModelConfig:
@@ -159,8 +168,16 @@ class FederationConfig(_Section):
     round_timeout_s: float = Field(
         1800.0, gt=0, description="Seconds the server waits for replies in one round."
     )
-    client_cpus: float = Field(1.0, gt=0, description="CPUs reserved per simulated client.")
+    max_failed_rounds: int = Field(
+        3, ge=1, description="End the run as failed after this many consecutive rounds "
+        "without a valid client reply."
+    )
+    client_cpus: int = Field(1, ge=1, description="CPUs reserved per simulated client.")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved per simulated client.")
+    max_parallel_clients: int | None = Field(
+        None, ge=1, description="Simulated clients training at once; None = as many as the "
+        "CPUs allow (CPUs // client_cpus)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -380,3 +397,63 @@ def _toml_value(value: Any) -> str:
 def config_to_json(config: RunConfig) -> str:
     """Serialise a configuration to JSON (the run directory's ``config.json``)."""
     return config.model_dump_json(indent=2)
+
+
+# --- reference documentation ------------------------------------------------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
+    text = text.replace("<class '", "").replace("'>", "")
+    text = text.replace("zk0cli.core.config.", "")
+    return text
+
+
+def _constraints(field: Any) -> str:
+    parts = []
+    for m in field.metadata:
+        for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"),
+                          ("min_length", "min length")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                parts.append(f"{sym} {v}")
+    return ", ".join(parts)
+
+
+def render_config_reference() -> str:
+    """Markdown reference of every configuration field (``docs/configuration.md``)."""
+    from pydantic_core import PydanticUndefined
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `zk0cli/core/config.py` by `scripts/gen_config_docs.py`; a test fails",
+        "when this file is stale. Set fields in a TOML file (`--config`, see `examples/`) or",
+        "with `--set section.key=value`. Unknown keys are rejected.",
+        "",
+    ]
+    sections: list[tuple[str, type[BaseModel]]] = [
+        ("(top level)", RunConfig), ("model", ModelConfig), ("data", DataConfig),
+        ("data.clients[] / data.eval[]", DatasetSpec), ("data.sim", SimConfig),
+        ("training", TrainingConfig), ("federation", FederationConfig), ("eval", EvalConfig),
+        ("checkpoint", CheckpointConfig), ("logging", LoggingConfig),
+    ]
+    for title, model in sections:
+        lines += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], "",
+                  "| field | type | default | range | meaning |", "|---|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                continue  # nested section, documented on its own
+            if field.default is PydanticUndefined and field.default_factory is None:
+                default = "required"
+            elif field.default_factory is not None:
+                default = f"`{field.default_factory()!r}`"
+            else:
+                default = f"`{field.default!r}`" if not isinstance(field.default, Path) \
+                    else f"`{str(field.default)!r}`"
+            desc = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{name}` | `{_type_name(ann)}` | {default} | "
+                         f"{_constraints(field)} | {desc} |")
+        lines.append("")
+    return "\n".join(lines)

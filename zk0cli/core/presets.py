@@ -41,7 +41,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     },
     "tiny": {
         "seed": 42,
-        "model": {"kind": "tiny", "path": None, "device": "cpu"},
+        "model": {"kind": "tiny", "device": "cpu"},
         "data": {
             "clients": [
                 {"source": "sim", "name": "lift"},

@@ -1,0 +1,168 @@
+"""Matplotlib PNG plots of a run summary (Agg canvas; no window, no pyplot state).
+
+Every plotting function draws from the summary's per-round rows and returns the series
+it actually drew, read back from the axes' ``Line2D`` objects, as
+``{label: (rounds, values)}``, so tests can check the plots against ``summary.json``.
+Only finite values are drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from zk0cli.analysis.model import RoundRow, Summary
+
+Series = dict[str, tuple[list[float], list[float]]]
+PLOT_FILES = {
+    "server_eval_loss": "server_eval_loss.png",
+    "client_loss": "client_loss.png",
+    "param_update_norm": "param_update_norm.png",
+    "participation": "participation.png",
+    "schedule": "lr_mu_schedule.png",
+    "compare": "compare.png",
+}
+
+
+def _figure(ncols: int = 1) -> tuple[Any, list[Any]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4 * ncols, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _points(rows: Sequence[RoundRow], get: Callable[[RoundRow], float | None]
+            ) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for row in rows:
+        v = get(row)
+        if v is not None and math.isfinite(v):
+            xs.append(row.round)
+            ys.append(v)
+    return xs, ys
+
+
+def _line(ax: Any, rows: Sequence[RoundRow], get: Callable[[RoundRow], float | None],
+          label: str, **style: Any) -> None:
+    xs, ys = _points(rows, get)
+    if xs:
+        ax.plot(xs, ys, marker="o", markersize=3, label=label, **style)
+
+
+def _drawn(*axes: Any) -> Series:
+    out: Series = {}
+    for ax in axes:
+        for line in ax.get_lines():
+            out[str(line.get_label())] = ([float(x) for x in line.get_xdata()],
+                                          [float(y) for y in line.get_ydata()])
+    return out
+
+
+def _finish(fig: Any, axes: Sequence[Any], path: Path, title: str, ylabel: str) -> None:
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    fig.savefig(path)
+
+
+def plot_server_eval_loss(rows: Sequence[RoundRow], path: Path) -> Series:
+    """Server eval loss per round: composite and one line per eval dataset."""
+    fig, (ax,) = _figure()
+    _line(ax, rows, lambda r: r.composite, "composite", linewidth=2.5, color="black")
+    for name in sorted({k for r in rows for k in r.eval_datasets}):
+        _line(ax, rows, lambda r, n=name: r.eval_datasets.get(n), name)
+    _finish(fig, [ax], path, "Server eval loss (held-out)", "flow-matching loss")
+    return _drawn(ax)
+
+
+def plot_client_loss(rows: Sequence[RoundRow], path: Path) -> Series:
+    """Client training loss per round: one line per client and the mean."""
+    fig, (ax,) = _figure()
+    for cid in sorted({k for r in rows for k in r.client_losses},
+                      key=lambda c: (0, int(c)) if c.isdigit() else (1, c)):
+        _line(ax, rows, lambda r, c=cid: r.client_losses.get(c), f"client {cid}")
+    _line(ax, rows, lambda r: r.client_loss_avg, "mean", linewidth=2.5, color="black",
+          linestyle="--")
+    _finish(fig, [ax], path, "Client training loss", "loss")
+    return _drawn(ax)
+
+
+def plot_param_update_norm(rows: Sequence[RoundRow], path: Path) -> Series:
+    """Mean client parameter-update L2 norm per round."""
+    fig, (ax,) = _figure()
+    _line(ax, [r for r in rows if r.round >= 1], lambda r: r.param_update_norm_avg,
+          "param_update_norm (mean)")
+    _finish(fig, [ax], path, "Parameter update norm", "||w_end - w_start||")
+    return _drawn(ax)
+
+
+def plot_participation(rows: Sequence[RoundRow], path: Path) -> Series:
+    """Clients aggregated per round, as a percentage of the clients seen in the run."""
+    fig, (ax,) = _figure()
+    _line(ax, rows, lambda r: r.participation_pct, "participation %")
+    ax.set_ylim(-5, 105)
+    _finish(fig, [ax], path, "Client participation", "% of clients")
+    return _drawn(ax)
+
+
+def plot_schedule(rows: Sequence[RoundRow], path: Path) -> Series:
+    """Learning rate (left axis) and FedProx mu (right axis) per round."""
+    fig, (ax,) = _figure()
+    _line(ax, rows, lambda r: r.lr, "lr", color="tab:blue")
+    ax2 = ax.twinx()
+    _line(ax2, rows, lambda r: r.proximal_mu, "proximal_mu", color="tab:orange")
+    ax2.set_ylabel("proximal mu")
+    if ax2.get_lines():
+        ax2.legend(fontsize="small", loc="upper right")
+    _finish(fig, [ax], path, "LR and FedProx mu schedule", "learning rate")
+    return _drawn(ax, ax2)
+
+
+def plot_compare(this: Summary, path: Path) -> Series:
+    """Overlay of this run and ``--compare`` OTHER: server composite and client mean loss."""
+    assert this.comparison is not None
+    other, name, oname = this.comparison.other_rounds, this.run_name, this.comparison.other_run_name
+    fig, (left, right) = _figure(2)
+    _line(left, this.rounds, lambda r: r.composite, f"{name} composite")
+    _line(left, other, lambda r: r.composite, f"{oname} composite", linestyle="--")
+    _line(right, this.rounds, lambda r: r.client_loss_avg, f"{name} client mean")
+    _line(right, other, lambda r: r.client_loss_avg, f"{oname} client mean", linestyle="--")
+    left.set_title("server composite eval loss", fontsize="medium")
+    right.set_title("client training loss (mean)", fontsize="medium")
+    _finish(fig, [left, right], path, "Run comparison", "loss")
+    return _drawn(left, right)
+
+
+def write_plots(summary: Summary, report_dir: Path) -> tuple[dict[str, Path], dict[str, Series]]:
+    """Write every plot of ``summary`` into ``report_dir``.
+
+    Returns:
+        Plot name -> PNG path, and plot name -> the series drawn.
+    """
+    report_dir.mkdir(parents=True, exist_ok=True)
+    makers: dict[str, Callable[[Path], Series]] = {
+        "server_eval_loss": lambda p: plot_server_eval_loss(summary.rounds, p),
+        "client_loss": lambda p: plot_client_loss(summary.rounds, p),
+        "param_update_norm": lambda p: plot_param_update_norm(summary.rounds, p),
+        "participation": lambda p: plot_participation(summary.rounds, p),
+        "schedule": lambda p: plot_schedule(summary.rounds, p),
+    }
+    if summary.comparison is not None:
+        makers["compare"] = lambda p: plot_compare(summary, p)
+    paths, series = {}, {}
+    for key, make in makers.items():
+        path = report_dir / PLOT_FILES[key]
+        series[key] = make(path)
+        paths[key] = path
+    return paths, series

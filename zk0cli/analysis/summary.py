@@ -1,0 +1,177 @@
+"""Summary of a loaded run (what ``summary.json`` holds) and the comparison of two runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from zk0cli.analysis.findings import client_loss_avg, expected_clients
+from zk0cli.analysis.model import (
+    Comparison,
+    Finding,
+    LossStats,
+    Point,
+    RoundRow,
+    RunData,
+    Summary,
+)
+
+COMPOSITE = "composite"
+_HIGHLIGHTS = (
+    "seed", "model.kind", "model.path", "federation.rounds", "federation.num_clients",
+    "federation.fraction_train", "federation.min_clients", "federation.proximal_mu",
+    "training.steps_per_round", "training.batch_size", "training.lr", "training.scheduler",
+    "eval.frequency", "checkpoint.interval",
+)
+
+
+def loss_stats(points: list[tuple[int, float | None]]) -> LossStats:
+    """First, best (lowest) and last finite value of ``(round, value)`` points."""
+    finite = [(r, v) for r, v in points if v is not None and math.isfinite(v)]
+    if not finite:
+        return LossStats()
+    best = min(finite, key=lambda p: p[1])
+    return LossStats(first=Point(round=finite[0][0], value=finite[0][1]),
+                     best=Point(round=best[0], value=best[1]),
+                     last=Point(round=finite[-1][0], value=finite[-1][1]))
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b": value}``; lists are kept as values."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict)
+                   else {f"{prefix}{key}": value})
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def config_highlights(run: RunData) -> dict[str, Any]:
+    """The configuration values worth seeing first (zk0 or upstream ``config.json``)."""
+    cfg = run.config or {}
+    if run.format == "upstream":  # {"run_config": {...}, "project_version": ...}
+        rc = cfg.get("run_config") if isinstance(cfg.get("run_config"), dict) else {}
+        out = {k: v for k, v in rc.items() if isinstance(v, int | float | str | bool)}
+        if "project_version" in cfg:
+            out["project_version"] = cfg["project_version"]
+        return out
+    flat = flatten(cfg)
+    out = {k: flat[k] for k in _HIGHLIGHTS if k in flat}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    for part in ("clients", "eval"):
+        specs = data.get(part)
+        if isinstance(specs, list):
+            out[f"data.{part}"] = [s.get("name") for s in specs if isinstance(s, dict)]
+    return out
+
+
+def _status_note(run: RunData, rounds_completed: int, planned: int | None) -> str:
+    of = f" of {planned}" if planned else ""
+    return {
+        "running": f"still running: {rounds_completed}{of} rounds so far; numbers are partial",
+        "completed": f"completed {rounds_completed}{of} rounds",
+        "failed": f"failed after {rounds_completed}{of} rounds: {run.run_info.get('error')}",
+        "interrupted": f"interrupted after {rounds_completed}{of} rounds",
+    }.get(run.status, f"status unknown ({'no run.json' if run.format == 'upstream' else 'run.json has no valid status'}); {rounds_completed} rounds found")  # noqa: E501
+
+
+def round_rows(run: RunData) -> list[RoundRow]:
+    """One summary row per round: the series behind the plots."""
+    ids = expected_clients(run)
+    rows = []
+    for rec in run.rounds:
+        ok = rec.ok_clients
+        n_ok = len(ok) if rec.source == "server_eval" else int(
+            rec.aggregated_metrics.get("num_clients") or 0)
+        n_fail = sum(1 for c in rec.clients if c.status == "failed") or int(
+            rec.aggregated_metrics.get("num_failures") or 0)
+        pua = rec.aggregated_metrics.get("param_update_norm_avg")
+        if pua is None:
+            norms = [c.param_update_norm for c in ok if c.param_update_norm is not None]
+            pua = sum(norms) / len(norms) if norms else None
+        rows.append(RoundRow(
+            round=rec.round, aggregated=rec.aggregated, clients=n_ok, failures=n_fail,
+            participation_pct=(100.0 * n_ok / len(ids) if ids and rec.round >= 1 else None),
+            composite=rec.composite, eval_datasets=dict(rec.eval_datasets),
+            client_loss_avg=client_loss_avg(rec) if rec.round >= 1 else None,
+            client_losses={c.client_id: c.loss for c in ok},
+            param_update_norm_avg=pua, proximal_mu=rec.proximal_mu, lr=rec.lr,
+            seconds=rec.seconds,
+        ))
+    return rows
+
+
+def summarize(run: RunData, findings: list[Finding]) -> Summary:
+    """Build the summary of a loaded run.
+
+    Args:
+        run: The loaded run.
+        findings: The detectors' findings (:func:`zk0cli.analysis.findings.detect_all`).
+
+    Returns:
+        The summary; ``comparison`` is left empty.
+    """
+    rows = round_rows(run)
+    info = run.run_info
+    found = max((r.round for r in run.rounds), default=0)
+    completed = int(info.get("rounds_completed") or found)
+    planned = info.get("rounds_planned")
+    if planned is None:
+        planned = flatten(run.config or {}).get("federation.rounds")
+    datasets = sorted({k for r in rows for k in r.eval_datasets})
+    server_eval = {COMPOSITE: loss_stats([(r.round, r.composite) for r in rows])}
+    server_eval.update({d: loss_stats([(r.round, r.eval_datasets.get(d)) for r in rows])
+                        for d in datasets})
+    part = [r.participation_pct for r in rows if r.participation_pct is not None]
+    secs = [r.seconds for r in rows if r.seconds is not None and math.isfinite(r.seconds)]
+    run_keys = ("status", "engine", "command", "seed", "versions", "started_at", "ended_at",
+                "updated_at", "error")
+    return Summary(
+        run_dir=run.root, run_name=run.root.name, format=run.format, status=run.status,
+        status_note=_status_note(run, completed, planned if isinstance(planned, int) else None),
+        notes=run.notes, run={k: info[k] for k in run_keys if k in info},
+        config_highlights=config_highlights(run),
+        rounds_planned=planned if isinstance(planned, int) else None,
+        rounds_completed=completed, expected_clients=expected_clients(run),
+        participation_pct=sum(part) / len(part) if part else None,
+        server_eval=server_eval,
+        client_loss=loss_stats([(r.round, r.client_loss_avg) for r in rows]),
+        param_update_norm=loss_stats([(r.round, r.param_update_norm_avg) for r in rows
+                                      if r.round >= 1]),
+        seconds_per_round_mean=sum(secs) / len(secs) if secs else None,
+        checkpoints=[{"round": c.round, "name": c.path.name, "complete": c.complete,
+                      "problems": c.problems} for c in run.checkpoints],
+        latest_checkpoint=run.latest, rounds=rows, findings=findings,
+    )
+
+
+def compare(this: Summary, other: Summary, this_run: RunData, other_run: RunData) -> Comparison:
+    """Differences between two summarised runs (this minus other).
+
+    Returns:
+        Per eval series: best and last of both runs and their differences; the
+        configuration keys whose values differ (``output_root`` excluded).
+    """
+    server_eval: dict[str, dict[str, float | None]] = {}
+    for name in sorted(set(this.server_eval) | set(other.server_eval)):
+        a, b = this.server_eval.get(name, LossStats()), other.server_eval.get(name, LossStats())
+        row: dict[str, float | None] = {}
+        for which in ("best", "last"):
+            pa, pb = getattr(a, which), getattr(b, which)
+            row[which] = pa.value if pa else None
+            row[f"other_{which}"] = pb.value if pb else None
+            row[f"{which}_diff"] = pa.value - pb.value if pa and pb else None
+        server_eval[name] = row
+    fa, fb = flatten(this_run.config or {}), flatten(other_run.config or {})
+    diffs = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
+             if fa.get(k) != fb.get(k) and k != "output_root"}
+    last = this.client_loss.last, other.client_loss.last
+    return Comparison(
+        other_run_dir=other.run_dir, other_run_name=other.run_name, other_status=other.status,
+        rounds_completed=(this.rounds_completed, other.rounds_completed),
+        server_eval=server_eval,
+        client_loss_last=(last[0].value if last[0] else None, last[1].value if last[1] else None),
+        findings_count=(len(this.findings), len(other.findings)),
+        config_differences=diffs, other_rounds=other.rounds,
+    )

@@ -1,0 +1,149 @@
+"""Server-side evaluation of the global model (Flower's ``evaluate_fn``).
+
+The server holds the whole policy. Each evaluation sets the global trainable tensors,
+then computes the deterministic policy loss (:func:`zk0cli.core.trainer.evaluate`) on
+every held-out dataset it can open: the ``data.eval`` datasets and, where the server
+can read them (simulation, shared storage), the held-out episodes of each client's
+dataset (named ``heldout/<client dataset>``). Each dataset is normalised with its own
+statistics. The composite loss is the mean over the ``data.eval`` datasets (over the
+held-out client episodes when there are no eval datasets).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from zk0cli.core.config import RunConfig
+from zk0cli.errors import DatasetError
+from zk0cli.log import logger
+
+if TYPE_CHECKING:
+    import torch
+
+    from zk0cli.core.policy import PolicyBundle
+
+HELDOUT_PREFIX = "heldout/"
+
+
+@dataclass
+class EvalSet:
+    """One dataset the server evaluates on.
+
+    Attributes:
+        name: Key in the round file (``<eval dataset>`` or ``heldout/<client dataset>``).
+        dataset: The LeRobotDataset (with action chunks).
+        bundle: The policy bundle whose preprocessor carries this dataset's statistics
+            (shares the policy module with the server bundle).
+        composite: Whether it counts in the composite loss.
+    """
+
+    name: str
+    dataset: Any
+    bundle: PolicyBundle
+    composite: bool
+
+
+def eval_name(spec_name: str, seed: int | None = None) -> str:
+    """Display name of an eval dataset: the task/repo id, with ``@seed`` for sim data."""
+    return f"{spec_name}@{seed}" if seed is not None else spec_name
+
+
+class ServerEvaluator:
+    """The server's policy and held-out datasets.
+
+    Args:
+        config: The run configuration.
+        bundle: The server's policy bundle (its preprocessor carries the reference
+            dataset's statistics).
+        sets: Datasets to evaluate on.
+    """
+
+    def __init__(self, config: RunConfig, bundle: PolicyBundle, sets: list[EvalSet]) -> None:
+        self.config = config
+        self.bundle = bundle
+        self.sets = sets
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, include_client_heldout: bool = True
+                    ) -> ServerEvaluator:
+        """Build the server policy and open the held-out datasets.
+
+        The policy's features come from the first ``data.eval`` dataset, else the first
+        client dataset. Client datasets the server cannot open are skipped with a warning
+        (in a real federation they are private).
+
+        Raises:
+            DatasetError: The reference dataset cannot be opened.
+        """
+        from zk0cli.core import data as D
+        from zk0cli.core.policy import build_policy
+
+        cfg = config
+        ref_spec = cfg.data.eval[0] if cfg.data.eval else cfg.data.clients[0]
+        ref = D.resolve_dataset(ref_spec, cfg.data.sim)
+        ref_meta = D.load_metadata(ref)
+        bundle = build_policy(cfg.model, meta=ref_meta, rename_map=cfg.data.rename_map,
+                              stats=D.dataset_stats(ref_meta, cfg.data.rename_map),
+                              seed=cfg.seed)
+        chunk = bundle.policy.config.chunk_size
+        sets: list[EvalSet] = []
+        for spec in cfg.data.eval:
+            r = D.resolve_dataset(spec, cfg.data.sim)
+            meta = D.load_metadata(r)
+            ds = D.open_dataset(r, episodes=None, chunk_size=chunk,
+                                video_backend=cfg.data.video_backend)
+            name = eval_name(spec.name, spec.seed if spec.source == "sim" else None)
+            sets.append(EvalSet(name, ds, _with_stats(bundle, meta, cfg), composite=True))
+        if include_client_heldout and cfg.data.heldout_episodes > 0:
+            try:
+                partitions = D.client_partitions(cfg)
+            except DatasetError as err:
+                logger.warning("server cannot read client datasets (%s); skipping their "
+                               "held-out episodes", err)
+                partitions = []
+            for part in partitions:
+                if not part.heldout_episodes:
+                    continue
+                meta = D.load_metadata(part.ref)
+                ds = D.open_dataset(part.ref, episodes=part.heldout_episodes, chunk_size=chunk,
+                                    video_backend=cfg.data.video_backend)
+                sets.append(EvalSet(f"{HELDOUT_PREFIX}{part.name}", ds,
+                                    _with_stats(bundle, meta, cfg), composite=not cfg.data.eval))
+        return cls(cfg, bundle, sets)
+
+    def set_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Load the global trainable tensors into the server policy (checked)."""
+        from zk0cli.core.policy import set_trainable_state
+
+        set_trainable_state(self.bundle.policy, tensors, source="aggregation")
+
+    def evaluate(self) -> dict[str, Any]:
+        """Deterministic policy loss on every eval set.
+
+        Returns:
+            ``{"datasets": {name: loss}, "composite": mean loss of the composite sets}``.
+        """
+        from zk0cli.core.trainer import evaluate
+
+        ec = self.config.eval
+        losses = {s.name: evaluate(s.bundle, s.dataset, batches=ec.batches,
+                                   batch_size=ec.batch_size, seed=ec.seed)
+                  for s in self.sets}
+        comp = [losses[s.name] for s in self.sets if s.composite]
+        return {"datasets": losses, "composite": statistics.fmean(comp) if comp else None}
+
+
+def _with_stats(bundle: PolicyBundle, meta: Any, cfg: RunConfig) -> PolicyBundle:
+    """A bundle sharing ``bundle.policy`` whose processors use ``meta``'s statistics."""
+    from dataclasses import replace
+
+    from zk0cli.core import data as D
+    from zk0cli.core.policy import make_processors
+
+    pre, post = make_processors(bundle.policy.config,
+                                stats=D.dataset_stats(meta, cfg.data.rename_map),
+                                rename_map=cfg.data.rename_map)
+    return replace(bundle, preprocessor=pre, postprocessor=post)

@@ -1,0 +1,277 @@
+"""zk0's FedProx server strategy: Flower's ``FedProx`` with checked, streamed aggregation.
+
+Flower's :class:`~flwr.serverapp.strategy.FedProx` only adds ``proximal-mu`` to each
+round's train config; the client must add the proximal term (mu/2)·‖w − w_global‖²
+itself (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020) —
+zk0's client trainer does. This subclass overrides only what differs:
+
+* ``configure_train`` also sends the round's learning rate and step count;
+* ``aggregate_train`` reads every reply on its own, drops the ones that report a
+  failure or whose tensors fail the name/shape/dtype/finiteness checks (recording the
+  client and the reason), aggregates the rest as a running ``num-examples``-weighted
+  mean (:class:`~zk0cli.core.transport.WeightedMean`), and rolls back to the previous
+  global model if the mean is not finite. Flower's default would crash the ServerApp on
+  inconsistent replies and hold every reply in memory.
+
+Each round's outcome is kept in :attr:`Zk0FedProx.outcomes` for the run recorder.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedProx
+
+from zk0cli import constants as K
+from zk0cli.core.transport import (
+    TensorSpec,
+    WeightedMean,
+    from_array_record,
+    tensor_problems,
+    to_array_record,
+)
+from zk0cli.log import logger
+
+if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
+# Client metrics averaged into the round's aggregated metrics (name -> key prefix).
+AGGREGATED_METRICS: tuple[str, ...] = (
+    K.LOSS,
+    K.POLICY_LOSS,
+    K.FEDPROX_LOSS,
+    K.GRAD_NORM,
+    K.PARAM_UPDATE_NORM,
+)
+
+
+@dataclass
+class ClientReport:
+    """What one client's reply to a train message amounted to.
+
+    Attributes:
+        client_id: The client's id (partition id in simulation, node config otherwise).
+        node_id: Flower node id of the SuperNode.
+        ok: Whether the reply was used for aggregation.
+        metrics: Numbers and strings the client reported (``loss``, ``dataset_name``...).
+        reason: Why the reply was excluded (``None`` when ``ok``).
+        weight: ``num-examples`` used as its aggregation weight.
+    """
+
+    client_id: str
+    node_id: int
+    ok: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    weight: float = 0.0
+
+
+@dataclass
+class RoundOutcome:
+    """The server's view of one training round.
+
+    Attributes:
+        server_round: Round number (1-based).
+        reports: One entry per reply (and per missing reply, as a failure).
+        aggregated: Whether a new global model came out of the round.
+        note: Why not, when it did not.
+        proximal_mu: The mu sent to clients.
+        lr: The learning rate sent to clients.
+    """
+
+    server_round: int
+    reports: list[ClientReport]
+    aggregated: bool
+    note: str | None
+    proximal_mu: float
+    lr: float
+
+    @property
+    def ok_reports(self) -> list[ClientReport]:
+        """Reports that were aggregated."""
+        return [r for r in self.reports if r.ok]
+
+    @property
+    def failures(self) -> list[ClientReport]:
+        """Reports that were excluded."""
+        return [r for r in self.reports if not r.ok]
+
+
+def aggregate_client_metrics(reports: Iterable[ClientReport]) -> dict[str, float | int]:
+    """Mean and population std of each client metric over the aggregated replies.
+
+    Returns:
+        ``{"num_clients", "num_failures", "num_examples", "<metric>_avg", "<metric>_std"}``
+        for each metric in :data:`AGGREGATED_METRICS`; averages are unweighted over
+        clients (NaN when no client reported the metric).
+    """
+    reports = list(reports)
+    ok = [r for r in reports if r.ok]
+    out: dict[str, float | int] = {
+        "num_clients": len(ok),
+        "num_failures": len(reports) - len(ok),
+        "num_examples": int(sum(r.weight for r in ok)),
+    }
+    for name in AGGREGATED_METRICS:
+        values = [float(r.metrics[name]) for r in ok if name in r.metrics]
+        out[f"{name}_avg"] = statistics.fmean(values) if values else math.nan
+        out[f"{name}_std"] = statistics.pstdev(values) if values else math.nan
+    return out
+
+
+def read_train_reply(
+    msg: Message, expected: Mapping[str, TensorSpec]
+) -> tuple[ClientReport, dict[str, Any] | None]:
+    """Check one train reply; return its report and, when usable, its tensors.
+
+    A reply is excluded when Flower reports an error for it, when the client reported
+    a failure (``failed`` = 1 with an ``error``), when ``num-examples`` is missing or
+    not positive, or when its tensors fail :func:`~zk0cli.core.transport.tensor_problems`.
+    """
+    node_id = int(msg.metadata.src_node_id)
+    if msg.has_error():
+        reason = f"Flower error {msg.error.code}: {msg.error.reason}"
+        return ClientReport(str(node_id), node_id, False, reason=reason), None
+    content = msg.content
+    info = content.config_records.get(K.INFO_KEY, ConfigRecord())
+    metrics_rec = content.metric_records.get(K.METRICS_KEY, MetricRecord())
+    metrics: dict[str, Any] = {k: v for k, v in metrics_rec.items()}
+    metrics.update({k: v for k, v in info.items() if k != K.ERROR})
+    client_id = str(info.get(K.CLIENT_ID, node_id))
+    report = ClientReport(client_id, node_id, False, metrics=metrics)
+    if metrics.get(K.FAILED):
+        report.reason = str(info.get(K.ERROR, "client reported a failure without a reason"))
+        return report, None
+    weight = metrics.get(K.NUM_EXAMPLES_KEY)
+    if not isinstance(weight, int | float) or not weight > 0 or not math.isfinite(weight):
+        report.reason = f"{K.NUM_EXAMPLES_KEY} must be a positive number, got {weight!r}"
+        return report, None
+    arrays = content.array_records.get(K.ARRAYS_KEY)
+    if arrays is None:
+        report.reason = f"reply has no ArrayRecord {K.ARRAYS_KEY!r}"
+        return report, None
+    try:
+        tensors = from_array_record(arrays)
+    except Exception as err:  # an undecodable record is the client's fault, not ours
+        report.reason = f"undecodable arrays: {err}"
+        return report, None
+    problems = tensor_problems(tensors, expected)
+    if problems:
+        report.reason = "; ".join(problems)
+        return report, None
+    report.ok, report.weight = True, float(weight)
+    return report, tensors
+
+
+class Zk0FedProx(FedProx):
+    """FedProx with per-reply validation, streaming aggregation and round records.
+
+    Args:
+        expected: Names, shapes and dtypes of the trainable tensors every reply must hold.
+        proximal_mu: FedProx mu sent to clients (0 gives FedAvg; Flower warns then).
+        lr_for_round: Learning rate to send in a round (``server_round -> lr``).
+        steps: Local optimizer steps per client per round.
+        fraction_train: Fraction of connected nodes sampled per round.
+        min_train_nodes: Minimum nodes sampled per round.
+        min_available_nodes: Nodes that must be connected before a round starts.
+    """
+
+    def __init__(
+        self,
+        *,
+        expected: Mapping[str, TensorSpec],
+        proximal_mu: float,
+        lr_for_round: Callable[[int], float],
+        steps: int,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 1,
+        min_available_nodes: int = 1,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=0.0,  # evaluation is server-side (evaluate_fn)
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=0,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=K.NUM_EXAMPLES_KEY,
+            arrayrecord_key=K.ARRAYS_KEY,
+            configrecord_key=K.CONFIG_KEY,
+            proximal_mu=proximal_mu,
+        )
+        self.expected = dict(expected)
+        self.lr_for_round = lr_for_round
+        self.steps = steps
+        self.outcomes: dict[int, RoundOutcome] = {}
+        self._sent: dict[int, list[int]] = {}
+
+    def summary(self) -> None:
+        """Log the strategy's settings (Flower's summary plus zk0's)."""
+        logger.info("zk0 FedProx: %d trainable tensors, %d steps per round",
+                    len(self.expected), self.steps)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Add the round's lr and steps to the train config, then defer to FedProx."""
+        config[K.LR_KEY] = float(self.lr_for_round(server_round))
+        config[K.STEPS_KEY] = int(self.steps)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent[server_round] = [int(m.metadata.dst_node_id) for m in messages]
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the valid replies; record every excluded one with its reason.
+
+        Returns:
+            The new global arrays and aggregated metrics, or ``(None, None)`` when no
+            reply was valid or the mean was not finite (Flower then keeps the previous
+            global model).
+        """
+        acc = WeightedMean()
+        reports: list[ClientReport] = []
+        for msg in replies:
+            report, tensors = read_train_reply(msg, self.expected)
+            reports.append(report)
+            if tensors is not None:
+                acc.add(tensors, report.weight)
+                del tensors  # one reply in memory at a time
+            else:
+                logger.log(WARNING, "round %s: excluded client %s: %s",
+                           server_round, report.client_id, report.reason)
+        replied = {r.node_id for r in reports}
+        for node_id in self._sent.get(server_round, []):
+            if node_id not in replied:
+                reports.append(ClientReport(str(node_id), node_id, False,
+                                            reason="no reply before the round timeout"))
+        arrays, metrics, note = None, None, None
+        if acc.count:
+            mean = acc.result()
+            problems = tensor_problems(mean, self.expected)
+            if problems:
+                note = "aggregated model rejected, previous kept: " + "; ".join(problems)
+            else:
+                arrays = to_array_record(mean)
+                agg = aggregate_client_metrics(reports)
+                metrics = MetricRecord({k: float(v) for k, v in agg.items()})
+        else:
+            note = "no valid replies; previous global model kept"
+        self.outcomes[server_round] = RoundOutcome(
+            server_round=server_round,
+            reports=reports,
+            aggregated=arrays is not None,
+            note=note,
+            proximal_mu=float(self.proximal_mu),
+            lr=float(self.lr_for_round(server_round)),
+        )
+        logger.log(INFO, "round %s: %d aggregated, %d excluded%s", server_round,
+                   acc.count, len(reports) - acc.count, f" ({note})" if note else "")
+        return arrays, metrics

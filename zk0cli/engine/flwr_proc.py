@@ -1,0 +1,207 @@
+"""Flower processes zk0 starts and stops: a local SuperLink, ``flwr run``/``ls``/``stop``.
+
+zk0 drives Flower through its public command-line tools (``flower-superlink``,
+``flwr``) with a private ``FLWR_HOME`` per run, so the exact commands can be printed
+for operators and nothing leaks into the user's Flower configuration. Every process
+zk0 starts is stopped with its whole process tree (:func:`stop_tree`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from zk0cli.constants import QUIET_ENV
+from zk0cli.errors import FederationError
+from zk0cli.log import logger
+
+CONNECTION = "zk0"
+_APP_PYPROJECT = Path(__file__).resolve().parent.parent / "flower" / "app" / "pyproject.toml"
+
+
+def flower_bin(name: str) -> str:
+    """Absolute path of a Flower console script installed next to this Python."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise FederationError(f"{name} not found next to {sys.executable} or on PATH; "
+                              "reinstall zk0 (pip install -e .) in this environment.")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, *, timeout_s: float, proc: subprocess.Popen[Any] | None,
+                  log_file: Path | None = None) -> None:
+    """Wait until ``host:port`` accepts TCP connections.
+
+    Raises:
+        FederationError: The process exited or the port did not open in time (with the
+            end of its log).
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise FederationError(f"SuperLink exited with code {proc.returncode} before "
+                                  f"listening on {host}:{port}.{_tail(log_file)}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise FederationError(f"SuperLink did not listen on {host}:{port} within {timeout_s:.0f} s."
+                          f"{_tail(log_file)}")
+
+
+def _tail(path: Path | None, n: int = 15) -> str:
+    if path is None or not path.is_file():
+        return ""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:]
+    return "\nLast lines of " + str(path) + ":\n" + "\n".join(lines)
+
+
+def stop_tree(proc: subprocess.Popen[Any], *, timeout_s: float = 10.0) -> None:
+    """Terminate a process and all its descendants (SIGTERM, then SIGKILL)."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout_s)
+    try:
+        proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@dataclass
+class FlowerHome:
+    """A private ``FLWR_HOME`` with one SuperLink connection named ``zk0``.
+
+    Attributes:
+        path: The folder (``config.toml`` lives here).
+        address: ``HOST:PORT`` of the SuperLink's Control API.
+        root_certificates: CA certificate for TLS, or ``None`` for an insecure connection.
+    """
+
+    path: Path
+    address: str
+    root_certificates: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def write(self) -> None:
+        """Write ``config.toml`` for the connection."""
+        import tomli_w
+
+        conn: dict[str, Any] = {"address": self.address}
+        if self.root_certificates:
+            conn["root-certificates"] = str(self.root_certificates)
+        else:
+            conn["insecure"] = True
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
+        (self.path / "config.toml").write_text(text, encoding="utf-8")
+
+    def env(self) -> dict[str, str]:
+        """Environment for Flower processes: quiet, offline-safe, this FLWR_HOME."""
+        return {**os.environ, **QUIET_ENV, **self.extra_env, "FLWR_HOME": str(self.path)}
+
+
+def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
+                  cwd: Path | None = None) -> subprocess.Popen[Any]:
+    """Start a long-running Flower process with output to ``log_path`` (own session)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("starting: %s", " ".join(cmd))
+    fh: IO[bytes] = log_path.open("ab")
+    try:
+        return subprocess.Popen(list(cmd), env=dict(env), stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+    finally:
+        fh.close()
+
+
+def make_app_dir(directory: Path) -> Path:
+    """Copy the zk0 Flower App definition (a pyproject.toml) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_APP_PYPROJECT, directory / "pyproject.toml")
+    return directory
+
+
+def _flwr(args: Sequence[str], home: FlowerHome, *, timeout_s: float = 120) -> str:
+    cmd = [flower_bin("flwr"), *args]
+    logger.debug("running: %s", " ".join(cmd))
+    try:
+        res = subprocess.run(cmd, env=home.env(), capture_output=True, text=True,
+                             timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise FederationError(f"`flwr {args[0]}` did not answer within {timeout_s:.0f} s "
+                              f"(SuperLink {home.address}).") from None
+    if res.returncode != 0:
+        detail = (res.stdout + res.stderr).strip()[-2000:]
+        raise FederationError(f"`flwr {args[0]}` failed against SuperLink {home.address} "
+                              f"(exit {res.returncode}): {detail}")
+    return res.stdout
+
+
+def submit_run(home: FlowerHome, app_dir: Path, *, run_config: Mapping[str, str],
+               federation_config: Mapping[str, float | int] | None = None) -> int:
+    """``flwr run`` the zk0 app; returns the Flower run id.
+
+    Raises:
+        FederationError: The SuperLink refused the run or could not be reached.
+    """
+    args = ["run", str(app_dir), CONNECTION, "--format", "json",
+            "--run-config", " ".join(f"{k}={json.dumps(str(v))}" for k, v in run_config.items())]
+    if federation_config:
+        args += ["--federation-config",
+                 " ".join(f"{k}={v}" for k, v in federation_config.items())]
+    out = _flwr(args, home)
+    try:
+        payload = json.loads(out[out.index("{"):])
+        return int(payload["run-id"])
+    except (ValueError, KeyError, TypeError):
+        raise FederationError(f"unexpected `flwr run` output: {out[-1000:]}") from None
+
+
+def run_status(home: FlowerHome, run_id: int) -> str:
+    """Flower's status of a run, e.g. ``running`` or ``finished:completed``."""
+    out = _flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], home,
+                timeout_s=60)
+    payload = json.loads(out[out.index("{"):])
+    runs = payload.get("runs") or []
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def stop_run(home: FlowerHome, run_id: int) -> None:
+    """``flwr stop`` a run; failures are logged, not raised (used while shutting down)."""
+    try:
+        _flwr(["stop", str(run_id), CONNECTION], home, timeout_s=30)
+    except FederationError as err:
+        logger.warning("could not stop Flower run %s: %s", run_id, err)

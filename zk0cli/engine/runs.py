@@ -1,0 +1,164 @@
+"""Creating a run directory and following a Flower run until it ends.
+
+Shared by ``zk0 simulate``, ``zk0 train`` and ``zk0 tiny-run``: the engine writes
+``config.json`` and the first ``run.json``, submits the zk0 Flower app, then watches the
+run directory (which the ServerApp writes) and Flower's run status, reporting
+:class:`RunProgress` to the caller's display.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zk0cli.core.config import RunConfig, config_to_json
+from zk0cli.core.rundir import RunDir, read_json
+from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
+from zk0cli.errors import FederationError, RunDirError
+from zk0cli.log import logger
+
+FINAL_STATUSES = ("completed", "failed", "interrupted")
+
+
+@dataclass
+class RunProgress:
+    """What the live display shows.
+
+    Attributes:
+        rounds_done: Rounds whose files are written (0 = initial evaluation only).
+        rounds_total: ``federation.rounds``.
+        clients_reported: Client reports seen in the newest round being trained.
+        last_loss: Newest composite server policy loss (``None`` before the first).
+        elapsed_s: Seconds since submission.
+        status: ``run.json`` status.
+    """
+
+    rounds_done: int
+    rounds_total: int
+    clients_reported: int
+    last_loss: float | None
+    elapsed_s: float
+    status: str
+
+
+ProgressFn = Callable[[RunProgress], None]
+
+
+def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str) -> RunDir:
+    """Create the run directory and write ``config.json`` and an initial ``run.json``.
+
+    Args:
+        config: The validated configuration.
+        out: Run directory to create (must not exist), or ``None`` for
+            ``<output_root>/<timestamp>``.
+        command: The zk0 command, recorded in ``run.json``.
+        engine: ``simulation`` or ``deployment``.
+
+    Raises:
+        RunDirError: ``out`` already exists (nothing is overwritten).
+    """
+    if out is not None:
+        out = Path(out).absolute()
+        if out.exists():
+            raise RunDirError(f"--out {out} already exists; choose a new directory (zk0 never "
+                              "writes into an existing run directory).")
+        rundir = RunDir.create(out.parent, name=out.name)
+    else:
+        rundir = RunDir.create(config.output_root)
+    rundir.config_json.write_text(config_to_json(config) + "\n", encoding="utf-8")
+    rundir.update_run(status="running", command=command, engine=engine, seed=config.seed,
+                      rounds_planned=config.federation.rounds, rounds_completed=0,
+                      started_at=time.time(), error=None)
+    return rundir
+
+
+def progress_of(rundir: RunDir, total: int, t0: float) -> RunProgress:
+    """Read the run directory into a :class:`RunProgress` (cheap; safe while it is written)."""
+    run = _safe_json(rundir.run_json) or {}
+    done = int(run.get("rounds_completed", 0) or 0)
+    history = _safe_json(rundir.policy_loss_history) or {}
+    last = None
+    if history:
+        last = history[max(history, key=int)]
+        last = float(last) if isinstance(last, int | float) else None
+    nxt = done + 1
+    reported = sum(1 for d in rundir.clients_dir.glob(f"*/round_{nxt}.json")) \
+        if rundir.clients_dir.is_dir() else 0
+    return RunProgress(done, total, reported, last, time.monotonic() - t0,
+                       str(run.get("status", "running")))
+
+
+def _safe_json(path: Path) -> Any:
+    try:
+        return read_json(path) if path.is_file() else None
+    except RunDirError:
+        return None
+
+
+def follow_run(
+    rundir: RunDir,
+    home: FlowerHome,
+    run_id: int,
+    config: RunConfig,
+    *,
+    on_progress: ProgressFn | None = None,
+    poll_s: float = 1.0,
+    flower_check_s: float = 15.0,
+    is_alive: Callable[[], bool] | None = None,
+) -> str:
+    """Wait for the run to end; returns the final ``run.json`` status.
+
+    The ServerApp writes ``completed``/``failed`` itself; Flower's own status is checked
+    every ``flower_check_s`` seconds in case the ServerApp died without writing. The wait
+    is bounded: rounds × (round timeout + 10 min) + 10 min.
+
+    Raises:
+        KeyboardInterrupt: Passed through (the caller stops the run).
+    """
+    t0 = time.monotonic()
+    fed = config.federation
+    deadline = t0 + fed.rounds * (fed.round_timeout_s + 600) + 600
+    last_check = t0
+    while True:
+        prog = progress_of(rundir, fed.rounds, t0)
+        if on_progress:
+            on_progress(prog)
+        if prog.status in FINAL_STATUSES:
+            return prog.status
+        now = time.monotonic()
+        if is_alive is not None and not is_alive():
+            return _fail(rundir, "the SuperLink process exited during the run")
+        if now - last_check > flower_check_s:
+            last_check = now
+            try:
+                status = run_status(home, run_id)
+            except FederationError as err:
+                logger.warning("could not read Flower's run status: %s", err)
+                status = "unknown"
+            if status.startswith("finished"):
+                time.sleep(poll_s)  # the ServerApp may still be writing run.json
+                prog = progress_of(rundir, fed.rounds, t0)
+                if prog.status in FINAL_STATUSES:
+                    return prog.status
+                return _fail(rundir, f"Flower reports the run {status} but the ServerApp "
+                             "wrote no final status; see server.log and logs/")
+        if now > deadline:
+            stop_run(home, run_id)
+            return _fail(rundir, f"the run exceeded its time limit ({deadline - t0:.0f} s)")
+        time.sleep(poll_s)
+
+
+def _fail(rundir: RunDir, error: str) -> str:
+    rundir.update_run(status="failed", error=error, ended_at=time.time())
+    return "failed"
+
+
+def mark_interrupted(rundir: RunDir) -> None:
+    """Record a user interrupt in ``run.json`` unless the run already ended."""
+    run = _safe_json(rundir.run_json) or {}
+    if run.get("status") not in ("completed", "failed"):
+        rundir.update_run(status="interrupted", ended_at=time.time(),
+                          error="interrupted by the user (Ctrl-C / SIGTERM)")

@@ -1,0 +1,111 @@
+"""``zk0 simulate``: N virtual clients on this machine through a real local SuperLink.
+
+zk0 starts a private ``flower-superlink --simulation`` on a free loopback port (runtime
+dependency installation and telemetry off, its own ``FLWR_HOME``), submits the zk0
+Flower app with this run's configuration, follows the run directory, and stops the
+SuperLink and everything it started when the run ends, fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from zk0cli import constants as K
+from zk0cli.core.config import RunConfig
+from zk0cli.core.rundir import RunDir
+from zk0cli.engine.flwr_proc import (
+    FlowerHome,
+    flower_bin,
+    free_port,
+    make_app_dir,
+    start_process,
+    stop_run,
+    stop_tree,
+    submit_run,
+    wait_for_port,
+)
+from zk0cli.engine.runs import ProgressFn, follow_run, mark_interrupted
+from zk0cli.log import logger
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How many simulated clients train at once.
+
+    Attributes:
+        cpus: CPUs Ray may use in total.
+        cpus_per_client: ``federation.client_cpus``.
+        gpus_per_client: ``federation.client_gpus``.
+        parallel_clients: Clients that can run at the same time.
+    """
+
+    cpus: int
+    cpus_per_client: float
+    gpus_per_client: float
+    parallel_clients: int
+
+
+def parallelism(config: RunConfig) -> Parallelism:
+    """Resources of the simulation.
+
+    Ray gets every CPU of this machine (or ``federation.max_parallel_clients`` × client CPUs)
+    and each client reserves ``federation.client_cpus``.
+    """
+    fed = config.federation
+    cpus = os.cpu_count() or 1
+    if fed.max_parallel_clients is not None:
+        cpus = max(1, int(fed.max_parallel_clients * fed.client_cpus + 0.999))
+    parallel = max(1, min(config.num_clients, int(cpus // fed.client_cpus)))
+    return Parallelism(cpus, fed.client_cpus, fed.client_gpus, parallel)
+
+
+def run_simulation(config: RunConfig, rundir: RunDir, *,
+                   on_progress: ProgressFn | None = None) -> str:
+    """Run the federation in Flower's simulation runtime; returns the final status.
+
+    Raises:
+        FederationError: The SuperLink could not start or refused the run.
+        KeyboardInterrupt: After stopping the run and the SuperLink and marking the
+            run interrupted.
+    """
+    work = Path(tempfile.mkdtemp(prefix="zk0-flwr-"))
+    port = free_port()
+    home = FlowerHome(work / "flwr_home", f"127.0.0.1:{port}")
+    home.write()
+    logs = rundir.root / "logs"
+    cmd = [flower_bin("flower-superlink"), "--simulation", "--insecure",
+           "--host", "127.0.0.1", "--port", str(port),
+           "--disable-runtime-dependency-installation",
+           "--database", str(work / "state.db")]
+    proc = start_process(cmd, env=home.env(), log_path=logs / "superlink.log", cwd=work)
+    run_id: int | None = None
+    try:
+        wait_for_port("127.0.0.1", port, timeout_s=60, proc=proc,
+                      log_file=logs / "superlink.log")
+        par = parallelism(config)
+        fed_cfg: dict[str, float | int] = {
+            "num-supernodes": config.num_clients,
+            "client-resources-num-cpus": par.cpus_per_client,
+            "client-resources-num-gpus": par.gpus_per_client,
+            "init-args-num-cpus": par.cpus,
+        }
+        run_id = submit_run(home, make_app_dir(work / "app"),
+                            run_config={K.RUN_CONFIG_PATH_KEY: str(rundir.config_json),
+                                        K.RUN_DIR_KEY: str(rundir.root)},
+                            federation_config=fed_cfg)
+        rundir.update_run(flower_run_id=str(run_id), parallel_clients=par.parallel_clients)
+        logger.info("submitted Flower run %s to the local SuperLink on port %s", run_id, port)
+        return follow_run(rundir, home, run_id, config, on_progress=on_progress,
+                          is_alive=lambda: proc.poll() is None)
+    except KeyboardInterrupt:
+        if run_id is not None:
+            stop_run(home, run_id)
+        mark_interrupted(rundir)
+        raise
+    finally:
+        stop_tree(proc)
+        shutil.rmtree(work, ignore_errors=True)

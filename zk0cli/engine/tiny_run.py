@@ -1,0 +1,52 @@
+"""The phases of ``zk0 tiny-run`` after the federation: check, analyse, push."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zk0cli.core.rundir import RunDir
+from zk0cli.errors import CheckpointError
+
+
+def check_checkpoint(rundir: RunDir) -> Path:
+    """Verify the newest checkpoint against its manifest and reload it offline.
+
+    Returns:
+        The checkpoint directory.
+
+    Raises:
+        CheckpointError: No checkpoint, a manifest mismatch, or it does not reload.
+    """
+    from zk0cli.core.checkpoint import verify_checkpoint
+    from zk0cli.core.policy import load_bundle
+
+    ckpt = rundir.latest_checkpoint()
+    if ckpt is None:
+        raise CheckpointError(str(rundir.models_dir), ["models/latest names no checkpoint"])
+    verify_checkpoint(ckpt)
+    try:
+        load_bundle(ckpt)
+    except Exception as err:  # any load failure means the checkpoint is unusable
+        raise CheckpointError(str(ckpt), [f"does not reload: {type(err).__name__}: {err}"]
+                              ) from err
+    return ckpt
+
+
+def analyze(rundir: RunDir, console: Any) -> None:
+    """Run ``analyze-run`` on the run directory and print its summary."""
+    try:
+        from zk0cli.analysis import analyze_run
+    except ImportError:
+        console.print("analyze-run is not available yet; skipped")
+        return
+    analysis = analyze_run(rundir.root)
+    console.print(f"analysis written to {rundir.report_dir}: "
+                  f"{len(getattr(analysis, 'findings', []))} finding(s)")
+
+
+def push(checkpoint: Path, *, repo_id: str, console: Any) -> None:
+    """Push the checkpoint to the Hub (only when the user asked with --push)."""
+    from zk0cli.hub import push_checkpoint
+
+    push_checkpoint(checkpoint, repo_id=repo_id)

@@ -1,0 +1,1 @@
+"""Flower ServerApp and ClientApp: thin adapters over :mod:`zk0cli.core`."""

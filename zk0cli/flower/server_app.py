@@ -1,0 +1,147 @@
+"""The zk0 ServerApp: FedProx over the trainable tensors, server evaluation, records.
+
+Per round (driven by Flower's ``Strategy.start``): the strategy samples clients and
+aggregates their replies (:class:`~zk0cli.core.strategy.Zk0FedProx`); then the
+``evaluate_fn`` hook evaluates the global model every ``eval.frequency`` rounds, writes
+the round's files (:class:`~zk0cli.core.recorder.RunRecorder`) and a checkpoint every
+``checkpoint.interval`` rounds and after the last one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from zk0cli.core.config import RunConfig
+from zk0cli.core.recorder import RunRecorder
+from zk0cli.core.rundir import RunDir
+from zk0cli.errors import FederationError
+from zk0cli.flower.common import run_config_of
+from zk0cli.log import logger
+
+app = ServerApp()
+
+
+class RoundHook:
+    """Flower's ``evaluate_fn``: evaluation, round files and checkpoints for each round."""
+
+    def __init__(self, cfg: RunConfig, rundir: RunDir, evaluator: Any, strategy: Any,
+                 recorder: RunRecorder) -> None:
+        self.cfg, self.rundir, self.evaluator = cfg, rundir, evaluator
+        self.strategy, self.recorder = strategy, recorder
+        self.t_last = time.monotonic()
+        self.changed_since_checkpoint = False
+        self.failed_streak = 0
+        self.aggregated_rounds = 0
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate, record and checkpoint round ``server_round`` (0 = initial model)."""
+        from zk0cli.core.transport import from_array_record
+
+        cfg = self.cfg
+        outcome = self.strategy.outcomes.get(server_round)
+        if outcome is not None and outcome.aggregated:
+            self.evaluator.set_global(from_array_record(arrays))
+            self.changed_since_checkpoint = True
+            self.aggregated_rounds += 1
+            self.failed_streak = 0
+        elif server_round > 0:
+            self.failed_streak += 1
+        last = server_round == cfg.federation.rounds
+        server_eval = None
+        if server_round % cfg.eval.frequency == 0 or last:
+            server_eval = self.evaluator.evaluate()
+        now = time.monotonic()
+        round_file = self.recorder.record_round(server_round, outcome=outcome,
+                                                server_eval=server_eval,
+                                                seconds=now - self.t_last)
+        self.t_last = now
+        if server_round > 0 and self.changed_since_checkpoint and (
+            server_round % cfg.checkpoint.interval == 0 or last
+        ):
+            self._checkpoint(server_round, round_file)
+        if self.failed_streak >= cfg.federation.max_failed_rounds:
+            raise FederationError(
+                f"{self.failed_streak} consecutive rounds without a valid client reply "
+                f"(federation.max_failed_rounds = {cfg.federation.max_failed_rounds}); the "
+                "last global model is kept. See the failures in server/round_*_server_eval.json."
+            )
+        if last and self.aggregated_rounds == 0:
+            raise FederationError(
+                f"no round aggregated a client update in {cfg.federation.rounds} round(s); "
+                "every client failed. See the failures in server/round_*_server_eval.json."
+            )
+        comp = server_eval["composite"] if server_eval else None
+        return MetricRecord({"composite": comp}) if comp is not None else None
+
+    def _checkpoint(self, server_round: int, round_file: dict[str, Any]) -> None:
+        from zk0cli.core.card import build_model_card
+        from zk0cli.core.checkpoint import MODEL_CARD, write_checkpoint
+        from zk0cli.core.policy import save_bundle
+
+        metrics = {k: round_file[k] for k in ("round", "server_eval",
+                                              "client_aggregated_training_metrics")}
+
+        def card(directory: Any) -> None:
+            build_model_card(self.rundir.root, checkpoint_round=server_round).save(
+                directory / MODEL_CARD)
+
+        write_checkpoint(self.rundir, server_round,
+                         save_policy=lambda d: save_bundle(self.evaluator.bundle, d),
+                         metrics=metrics, write_card=card)
+        self.changed_since_checkpoint = False
+
+
+def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder) -> None:
+    """Run the whole federation from the ServerApp.
+
+    Raises:
+        FederationError: Too many consecutive rounds without a valid reply, or none at all.
+    """
+    from zk0cli.core.evaluation import ServerEvaluator
+    from zk0cli.core.policy import get_trainable_state
+    from zk0cli.core.strategy import Zk0FedProx
+    from zk0cli.core.transport import specs_of, to_array_record
+
+    evaluator = ServerEvaluator.from_config(cfg)
+    initial = get_trainable_state(evaluator.bundle.policy)
+    fed = cfg.federation
+    strategy = Zk0FedProx(
+        expected=specs_of(initial),
+        proximal_mu=fed.proximal_mu,
+        lr_for_round=lambda _round: cfg.training.lr,
+        steps=cfg.training.steps_per_round,
+        fraction_train=fed.fraction_train,
+        min_train_nodes=fed.min_clients,
+        min_available_nodes=fed.min_clients,
+    )
+    hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
+    strategy.start(grid=grid, initial_arrays=to_array_record(initial), num_rounds=fed.rounds,
+                   timeout=fed.round_timeout_s, evaluate_fn=hook)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """ServerApp entry point: marks run.json running, runs, marks completed or failed."""
+    import logging
+
+    cfg, run_dir = run_config_of(dict(context.run_config))
+    rundir = RunDir(run_dir)
+    handler = logging.FileHandler(rundir.root / "server.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("zk0", "flwr"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("zk0").setLevel(cfg.logging.level)
+    recorder = RunRecorder(rundir)
+    recorder.start(engine=str(rundir.read_run().get("engine", "deployment")),
+                   command="flower", seed=cfg.seed, rounds=cfg.federation.rounds)
+    try:
+        run_server(grid, cfg, rundir, recorder)
+    except BaseException as err:
+        recorder.finish("failed", error=f"{type(err).__name__}: {err}")
+        logger.exception("federation failed")
+        raise
+    recorder.finish("completed")
