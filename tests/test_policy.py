@@ -127,6 +127,16 @@ def test_check_features_lists_both_sets():
     assert "observation.images.top" in msg and "observation.images.camera1" in msg
     assert "rename_map" in msg
     assert err.value.dataset_keys == ["observation.images.top", "observation.state"]
+    # smolvla_base-style: three policy cameras, the dataset renamed onto two of them
+    policy3 = ["observation.state"] + [f"observation.images.camera{i}" for i in (1, 2, 3)]
+    ds2 = ["observation.state", "observation.images.camera1", "observation.images.camera2"]
+    with pytest.raises(FeatureMismatchError, match="missing: observation.images.camera3"):
+        check_features("d", ds2, policy3)
+    check_features("d", ds2, policy3, allow_missing_cameras=True)
+    with pytest.raises(FeatureMismatchError):  # an extra key is never allowed
+        check_features("d", [*ds2, "observation.images.top"], policy3, allow_missing_cameras=True)
+    with pytest.raises(FeatureMismatchError):  # nor a missing state
+        check_features("d", ds2[1:], policy3, allow_missing_cameras=True)
 
 
 def test_save_reload_offline_identical(make_bundle, fixed_batch, tmp_path):
