@@ -251,7 +251,11 @@ def policy_features_from_dataset(
 
 
 def check_features(
-    dataset_name: str, dataset_keys: Iterable[str], policy_keys: Iterable[str]
+    dataset_name: str,
+    dataset_keys: Iterable[str],
+    policy_keys: Iterable[str],
+    *,
+    allow_missing_cameras: bool = False,
 ) -> None:
     """Check that a dataset provides exactly the policy's observation keys.
 
@@ -260,14 +264,29 @@ def check_features(
         dataset_keys: The dataset's feature keys (after the rename map); only
             ``observation.*`` keys are compared.
         policy_keys: The policy's input feature keys.
+        allow_missing_cameras: Accept a dataset that lacks some of the policy's
+            ``observation.images.*`` keys (SmolVLA skips absent cameras, e.g.
+            ``smolvla_base``'s ``camera3`` with a two-camera SO-100 dataset) as long as it
+            provides at least one of them and nothing extra. A warning is logged.
 
     Raises:
         FeatureMismatchError: Listing both sets, what is missing and extra, and a rename map.
     """
     ds = sorted({k for k in dataset_keys if k.startswith("observation.")})
     pol = sorted({k for k in policy_keys if k.startswith("observation.")})
-    if ds != pol:
-        raise FeatureMismatchError(dataset_name, ds, pol)
+    if ds == pol:
+        return
+    missing = set(pol) - set(ds)
+    if (
+        allow_missing_cameras
+        and set(ds) <= set(pol)
+        and all(k.startswith("observation.images.") for k in missing)
+        and any(k.startswith("observation.images.") for k in ds)
+    ):
+        logger.warning("dataset %s lacks the policy cameras %s; SmolVLA will skip them",
+                       dataset_name, ", ".join(sorted(missing)))
+        return
+    raise FeatureMismatchError(dataset_name, ds, pol)
 
 
 def _check_stats(stats: Mapping[str, Mapping[str, Any]] | None, cfg: Any) -> None:
@@ -377,6 +396,7 @@ def build_policy(
     rename_map: Mapping[str, str],
     stats: Mapping[str, Mapping[str, Any]] | None,
     seed: int,
+    allow_missing_cameras: bool = False,
 ) -> PolicyBundle:
     """Build the SmolVLA policy and its processors for a dataset.
 
@@ -388,6 +408,7 @@ def build_policy(
         rename_map: Dataset key -> policy key, applied by the pre-processor.
         stats: Normalisation statistics of the data, keyed by (renamed) feature.
         seed: Seed of the random initialisation (tiny: same seed -> identical weights).
+        allow_missing_cameras: Passed to :func:`check_features` (pretrained only).
 
     Returns:
         The policy (in train mode, on ``model.device``) and its processors.
@@ -419,7 +440,8 @@ def build_policy(
         cfg.train_expert_only = model.train_expert_only
         if model.chunk_size:
             cfg.chunk_size = cfg.n_action_steps = model.chunk_size
-        check_features(dataset_name, features, cfg.input_features)
+        check_features(dataset_name, features, cfg.input_features,
+                       allow_missing_cameras=allow_missing_cameras)
         _check_stats(stats, cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

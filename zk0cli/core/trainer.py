@@ -137,11 +137,7 @@ def train_round(
     """
     import torch
 
-    from zk0cli.core.policy import (
-        get_trainable_state,
-        set_trainable_state,
-        trainable_parameter_names,
-    )
+    from zk0cli.core.policy import get_trainable_state, trainable_parameter_names
     from zk0cli.core.transport import tensor_hash
 
     t0 = time.perf_counter()
@@ -189,7 +185,9 @@ def train_round(
                 sums[C.FEDPROX_LOSS] += float(prox.detach())
                 sums[C.GRAD_NORM] += float(grad_norm)
     except TrainingDivergedError:
-        set_trainable_state(policy, w_start, source="round start")
+        with torch.no_grad():  # no validation: w_start itself may be what was non-finite
+            for n, p in params.items():
+                p.copy_(w_global[n])
         raise
     finally:
         opt.zero_grad(set_to_none=True)
@@ -247,7 +245,8 @@ def evaluate(
     devices = [bundle.device.index or 0] if bundle.device.type == "cuda" else []
     total, frames = 0.0, 0
     try:
-        with torch.no_grad():
+        # fork_rng around the loop too: iterating a DataLoader draws a seed from the RNG.
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             for i, raw in enumerate(loader):
                 if i >= batches:
                     break
