@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.app import Error as FlwrError
 
 from zk0cli import constants as K
@@ -33,9 +33,15 @@ def perturbed(state, seed, scale=0.01):
     return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in state.items()}
 
 
+def _metadata(node_id):
+    """Metadata of a reply that arrived from ``node_id`` (as the SuperLink fills it in)."""
+    return Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=node_id, dst_node_id=0,
+                    reply_to_message_id="q", group_id="1", created_at=0.0, ttl=60.0,
+                    message_type="train")
+
+
 def reply(state, n, *, client_id="0", node_id=1, metrics=None, failed=False, error=None):
     """A train reply as the ClientApp builds it."""
-    msg_in = Message(RecordDict({}), dst_node_id=node_id, message_type="train")
     numbers = {K.NUM_EXAMPLES_KEY: n, K.LOSS: 1.0, **(metrics or {})}
     info = {K.CLIENT_ID: client_id, K.DATASET_NAME: f"ds{client_id}"}
     content = {K.METRICS_KEY: MetricRecord(numbers), K.INFO_KEY: ConfigRecord(info)}
@@ -45,9 +51,7 @@ def reply(state, n, *, client_id="0", node_id=1, metrics=None, failed=False, err
         content = {K.METRICS_KEY: MetricRecord(numbers), K.INFO_KEY: ConfigRecord(info)}
     else:
         content[K.ARRAYS_KEY] = to_array_record(state)
-    out = Message(RecordDict(content), reply_to=msg_in)
-    out.metadata.src_node_id = node_id
-    return out
+    return Message(RecordDict(content), metadata=_metadata(node_id))
 
 
 def test_weighted_mean_matches_reference(global_state):
@@ -102,9 +106,7 @@ def test_strategy_aggregates_valid_and_records_the_rest(global_state):
         reply(None, 0, client_id="3", node_id=4, failed=True, error="RuntimeError: injected"),
         reply(good[0], 0, client_id="4", node_id=5),
     ]
-    err = Message(RecordDict({}), dst_node_id=6, message_type="train")
-    err = Message(FlwrError(code=0, reason="node died"), reply_to=err)
-    err.metadata.src_node_id = 6
+    err = Message(FlwrError(code=0, reason="node died"), metadata=_metadata(6))
     arrays, metrics = strategy.aggregate_train(1, [*replies, err])
     assert arrays is not None and metrics is not None
     got = from_array_record(arrays)

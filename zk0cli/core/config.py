@@ -47,6 +47,11 @@ class ModelConfig(_Section):
     chunk_size: int | None = Field(
         None, ge=1, le=100, description="Action chunk length (frames); None keeps the model's."
     )
+    allow_missing_cameras: bool = Field(
+        False,
+        description="Accept datasets with fewer cameras than the policy expects (SmolVLA "
+        "skips absent cameras, e.g. smolvla_base's camera3 with two-camera SO-100 data).",
+    )
     freeze_vision_encoder: bool = Field(True, description="SmolVLA default: vision encoder frozen.")
     train_expert_only: bool = Field(
         True, description="SmolVLA default: train the action expert only."

@@ -87,7 +87,8 @@ class ServerEvaluator:
         ref_meta = D.load_metadata(ref)
         bundle = build_policy(cfg.model, meta=ref_meta, rename_map=cfg.data.rename_map,
                               stats=D.dataset_stats(ref_meta, cfg.data.rename_map),
-                              seed=cfg.seed)
+                              seed=cfg.seed,
+                          allow_missing_cameras=cfg.model.allow_missing_cameras)
         chunk = bundle.policy.config.chunk_size
         sets: list[EvalSet] = []
         for spec in cfg.data.eval:

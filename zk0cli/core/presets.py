@@ -24,7 +24,8 @@ SO100_EVAL_DATASETS: tuple[str, ...] = ("Hupy440/Two_Cubes_and_Two_Buckets_v2",)
 _PRESETS: dict[str, dict[str, Any]] = {
     "so100": {
         "seed": 42,
-        "model": {"kind": "pretrained", "path": "lerobot/smolvla_base", "device": "auto"},
+        "model": {"kind": "pretrained", "path": "lerobot/smolvla_base", "device": "auto",
+                  "allow_missing_cameras": True},
         "data": {
             "clients": [{"source": "hub", "name": n} for n in SO100_CLIENT_DATASETS],
             "eval": [{"source": "hub", "name": n} for n in SO100_EVAL_DATASETS],

@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from zk0cli import constants as K
@@ -68,9 +68,14 @@ def _state(cfg: RunConfig, context: Context, cfg_key: str) -> _ClientState:
     if cached is not None and cached.key == key:
         return cached
     _CACHE.clear()
+    if K.NODE_DATASET_KEY not in context.node_config:
+        import torch  # simulation: clients share the machine; use the CPUs Ray reserved
+
+        torch.set_num_threads(cfg.federation.client_cpus)
     meta = D.load_metadata(part.ref)
     bundle = build_policy(cfg.model, meta=meta, rename_map=cfg.data.rename_map,
-                          stats=D.dataset_stats(meta, cfg.data.rename_map), seed=cfg.seed)
+                          stats=D.dataset_stats(meta, cfg.data.rename_map), seed=cfg.seed,
+                          allow_missing_cameras=cfg.model.allow_missing_cameras)
     dataset = D.open_dataset(part.ref, episodes=part.train_episodes,
                              chunk_size=bundle.policy.config.chunk_size,
                              video_backend=cfg.data.video_backend)
@@ -110,7 +115,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         from zk0cli.core.policy import set_trainable_state
         from zk0cli.core.trainer import train_round
-        from zk0cli.core.transport import from_array_record
+        from zk0cli.core.transport import from_array_record, to_array_record
 
         cfg, _run_dir = run_config_of(dict(context.run_config))
         state = _state(cfg, context, str(context.run_config.get(K.RUN_CONFIG_PATH_KEY)))
@@ -141,7 +146,7 @@ def train(msg: Message, context: Context) -> Message:
     strings = {k: str(v) for k, v in result.metrics.items() if isinstance(v, str)}
     strings[K.CLIENT_ID] = client_id
     content = RecordDict({
-        K.ARRAYS_KEY: ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()}),
+        K.ARRAYS_KEY: to_array_record(tensors),
         K.METRICS_KEY: MetricRecord(numbers),
         K.INFO_KEY: ConfigRecord(strings),
     })
