@@ -163,7 +163,8 @@ class SimEnv:
         for name in ("plate", "target"):
             pos = self.layout.markers.get(name, scene.PARK + [0.4 * (name == "target"), 0, 0])
             mocap = self.model.body_mocapid[self.model.body(name).id]
-            self.data.mocap_pos[mocap] = [pos[0], pos[1], 0.0 if name in self.layout.markers else -1.0]
+            z = 0.0 if name in self.layout.markers else -1.0  # unused: under the floor
+            self.data.mocap_pos[mocap] = [pos[0], pos[1], z]
         mujoco.mj_forward(self.model, self.data)
         self.steps = 0
         return self.observation()

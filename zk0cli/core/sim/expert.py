@@ -1,10 +1,10 @@
-"""The scripted expert: top-down grasps from the true object poses, Cartesian waypoints,
-re-planning after the grasp.
+"""The scripted expert: top-down grasps, Cartesian waypoints, re-planning after the grasp.
 
-Each task is a list of segments. A segment computes its waypoint from the simulator
-state when it starts (so the place pose accounts for where the cube actually sits in the
-gripper), or on every step (the closed-loop push). The tool point moves to the waypoint
-in a straight line at a capped speed; inverse kinematics turns it into joint targets.
+It reads the true object poses from the simulator. Each task is a list of segments. A
+segment computes its waypoint from the simulator state when it starts (so the place pose
+accounts for where the cube actually sits in the gripper), or on every step (the
+closed-loop push). The tool point moves to the waypoint in a straight line at a capped
+speed; inverse kinematics turns it into joint targets.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 
 from zk0cli.core.sim import scene
 from zk0cli.core.sim.env import SimEnv
-from zk0cli.core.sim.scene import FPS
 from zk0cli.core.sim.ik import TopDownIK
+from zk0cli.core.sim.scene import FPS
 
 GRIP_OPEN = 50.0
 """Gripper command (0–100) that opens the jaws ~5 cm: clear of a 3 cm cube."""

@@ -124,7 +124,7 @@ def generate_dataset(
     expert = ScriptedExpert()
     dataset = LeRobotDataset.create(
         repo_id, fps=scene.FPS, features=dataset_features(height, width), root=root,
-        robot_type=ROBOT_TYPE, use_videos=True,
+        robot_type=ROBOT_TYPE, use_videos=True, video_backend="pyav",
     )
     kept, attempt, frames = 0, 0, 0
     started = time.perf_counter()
