@@ -173,13 +173,17 @@ class SimEnv:
         """Hold ``action`` as joint targets for one control period (1/30 s).
 
         Args:
-            action: Shape (6,): degrees, gripper 0–100.
+            action: Shape (6,): degrees, gripper 0–100. Non-finite entries (a diverged
+                policy) hold the joint where it is.
 
         Returns:
             The next observation.
         """
         import mujoco
 
+        action = np.asarray(action, dtype=np.float64).reshape(6)
+        if not np.isfinite(action).all():
+            action = np.where(np.isfinite(action), action, self.joint_deg())
         self.data.ctrl[:6] = deg_to_ctrl(self.model, action)
         mujoco.mj_step(self.model, self.data, nstep=scene.SUBSTEPS)
         self.steps += 1
