@@ -211,6 +211,7 @@ def start_supernode(opts: SuperNodeOptions, *, log_path: Path, home: Path,
     """
     cmd = supernode_command(opts)
     _announce(cmd, on_command)
+    home.mkdir(parents=True, exist_ok=True)
     proc = start_process(cmd, env=flower_env({"FLWR_HOME": str(home)}), log_path=log_path,
                          cwd=home.parent)
     deadline = time.monotonic() + settle_s
