@@ -5,7 +5,11 @@ round's train config; the client must add the proximal term (mu/2)·‖w − w_g
 itself (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020) —
 zk0's client trainer does. This subclass overrides only what differs:
 
-* ``configure_train`` also sends the round's learning rate and step count;
+* ``configure_train`` also sends the round's learning rate and step count, and waits at
+  most ``node_wait_timeout_s`` for ``min_available_nodes`` to be connected (Flower's
+  default waits forever, e.g. after a SuperNode died): after the timeout it samples from
+  the nodes that are connected, or, with fewer than ``min_train_nodes``, sends nothing and
+  the round is recorded empty ("waiting for N nodes, M connected after T s");
 * ``aggregate_train`` reads every reply on its own, drops the ones that report a
   failure or whose tensors fail the name/shape/dtype/finiteness checks (recording the
   client and the reason), aggregates the rest as a running ``num-examples``-weighted
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -180,6 +185,8 @@ class Zk0FedProx(FedProx):
         fraction_train: Fraction of connected nodes sampled per round.
         min_train_nodes: Minimum nodes sampled per round.
         min_available_nodes: Nodes that must be connected before a round starts.
+        node_wait_timeout_s: Seconds to wait for ``min_available_nodes`` before sampling
+            from the connected nodes or skipping the round; ``None`` waits forever.
     """
 
     def __init__(
@@ -192,6 +199,7 @@ class Zk0FedProx(FedProx):
         fraction_train: float = 1.0,
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
+        node_wait_timeout_s: float | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -209,6 +217,8 @@ class Zk0FedProx(FedProx):
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
         self._sent: dict[int, list[int]] = {}
+        self.node_wait_timeout_s = node_wait_timeout_s
+        self._wait_notes: dict[int, str] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's summary plus zk0's)."""
@@ -222,9 +232,35 @@ class Zk0FedProx(FedProx):
         """Add the round's lr and steps to the train config, then defer to FedProx."""
         config[K.LR_KEY] = float(self.lr_for_round(server_round))
         config[K.STEPS_KEY] = int(self.steps)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.node_wait_timeout_s is None:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+        else:
+            messages = self._configure_train_bounded(server_round, arrays, config, grid)
         self._sent[server_round] = [int(m.metadata.dst_node_id) for m in messages]
         return messages
+
+    def _configure_train_bounded(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """FedProx's configure_train over the nodes connected after at most the timeout."""
+        timeout = float(self.node_wait_timeout_s or 0.0)
+        need = self.min_available_nodes
+        node_ids = wait_for_nodes(grid, need, timeout_s=timeout)
+        if len(node_ids) < self.min_train_nodes:
+            note = (f"waiting for {need} nodes, {len(node_ids)} connected after {timeout:g} s; "
+                    "nothing sent, previous global model kept")
+            self._wait_notes[server_round] = note
+            logger.log(WARNING, "round %s: %s", server_round, note)
+            return []
+        # Sample from this snapshot: Flower's sample_nodes would loop forever if a node
+        # left between our wait and its own count.
+        saved = self.min_available_nodes
+        self.min_available_nodes = min(saved, len(node_ids))
+        try:
+            return list(super().configure_train(server_round, arrays, config,
+                                                _NodeSnapshot(grid, node_ids)))  # type: ignore[arg-type]
+        finally:
+            self.min_available_nodes = saved
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -263,7 +299,8 @@ class Zk0FedProx(FedProx):
                 agg = aggregate_client_metrics(reports)
                 metrics = MetricRecord({k: float(v) for k, v in agg.items()})
         else:
-            note = "no valid replies; previous global model kept"
+            note = self._wait_notes.pop(server_round, None) or \
+                "no valid replies; previous global model kept"
         self.outcomes[server_round] = RoundOutcome(
             server_round=server_round,
             reports=reports,
@@ -275,3 +312,45 @@ class Zk0FedProx(FedProx):
         logger.log(INFO, "round %s: %d aggregated, %d excluded%s", server_round,
                    acc.count, len(reports) - acc.count, f" ({note})" if note else "")
         return arrays, metrics
+
+
+class _NodeSnapshot:
+    """A grid whose ``get_node_ids`` returns a fixed list (what FedAvg samples from)."""
+
+    def __init__(self, grid: Any, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def wait_for_nodes(grid: Any, count: int, *, timeout_s: float, poll_s: float = 1.0
+                   ) -> list[int]:
+    """Wait until ``count`` nodes are connected, for at most ``timeout_s`` seconds.
+
+    Args:
+        grid: Flower ``Grid`` (anything with ``get_node_ids()``).
+        count: Nodes wanted.
+        timeout_s: Longest wait, in seconds.
+        poll_s: Seconds between two looks.
+
+    Returns:
+        The ids of the nodes connected when ``count`` was reached or the time ran out
+        (possibly fewer than ``count``).
+    """
+    deadline = time.monotonic() + timeout_s
+    next_log = 0.0
+    while True:
+        node_ids = [int(n) for n in grid.get_node_ids()]
+        now = time.monotonic()
+        if len(node_ids) >= count or now >= deadline:
+            return node_ids
+        if now >= next_log:
+            logger.info("waiting for %d nodes: %d connected (%.0f s left)", count,
+                        len(node_ids), deadline - now)
+            next_log = now + 10.0
+        time.sleep(min(poll_s, max(0.0, deadline - now)))

@@ -117,6 +117,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         fraction_train=fed.fraction_train,
         min_train_nodes=fed.min_clients,
         min_available_nodes=fed.min_clients,
+        node_wait_timeout_s=fed.node_wait_timeout_s,
     )
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
     strategy.start(grid=grid, initial_arrays=to_array_record(initial), num_rounds=fed.rounds,
