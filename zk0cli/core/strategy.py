@@ -131,24 +131,36 @@ def aggregate_client_metrics(reports: Iterable[ClientReport]) -> dict[str, float
 
 
 def read_train_reply(
-    msg: Message, expected: Mapping[str, TensorSpec]
+    msg: Message,
+    expected: Mapping[str, TensorSpec],
+    *,
+    node_id: int | None = None,
+    known_client_id: str | None = None,
 ) -> tuple[ClientReport, dict[str, Any] | None]:
     """Check one train reply; return its report and, when usable, its tensors.
 
     A reply is excluded when Flower reports an error for it, when the client reported
     a failure (``failed`` = 1 with an ``error``), when ``num-examples`` is missing or
     not positive, or when its tensors fail :func:`~zk0cli.core.transport.tensor_problems`.
+
+    Args:
+        msg: The reply.
+        expected: Specs of the trainable tensors.
+        node_id: The node the original message went to (error replies that Flower
+            generates for a dead node come from the SuperLink, not from that node).
+        known_client_id: The client id that node reported in an earlier round.
     """
-    node_id = int(msg.metadata.src_node_id)
+    node_id = int(msg.metadata.src_node_id) if node_id is None else node_id
     if msg.has_error():
         reason = f"Flower error {msg.error.code}: {msg.error.reason}"
-        return ClientReport(str(node_id), node_id, False, reason=reason), None
+        cid = known_client_id or str(node_id)
+        return ClientReport(cid, node_id, False, reason=reason), None
     content = msg.content
     info = content.config_records.get(K.INFO_KEY, ConfigRecord())
     metrics_rec = content.metric_records.get(K.METRICS_KEY, MetricRecord())
     metrics: dict[str, Any] = {k: v for k, v in metrics_rec.items()}
     metrics.update({k: v for k, v in info.items() if k != K.ERROR})
-    client_id = str(info.get(K.CLIENT_ID, node_id))
+    client_id = str(info.get(K.CLIENT_ID, known_client_id or node_id))
     report = ClientReport(client_id, node_id, False, metrics=metrics)
     if metrics.get(K.FAILED):
         report.reason = str(info.get(K.ERROR, "client reported a failure without a reason"))
@@ -216,7 +228,8 @@ class Zk0FedProx(FedProx):
         self.lr_for_round = lr_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
-        self._sent: dict[int, list[int]] = {}
+        self._sent: dict[int, list[Message]] = {}
+        self._client_ids: dict[int, str] = {}  # node id -> client id it reported
         self.node_wait_timeout_s = node_wait_timeout_s
         self._wait_notes: dict[int, str] = {}
 
@@ -236,7 +249,7 @@ class Zk0FedProx(FedProx):
             messages = list(super().configure_train(server_round, arrays, config, grid))
         else:
             messages = self._configure_train_bounded(server_round, arrays, config, grid)
-        self._sent[server_round] = [int(m.metadata.dst_node_id) for m in messages]
+        self._sent[server_round] = messages  # Flower sets their message ids when sending
         return messages
 
     def _configure_train_bounded(
@@ -268,14 +281,21 @@ class Zk0FedProx(FedProx):
         """Aggregate the valid replies; record every excluded one with its reason.
 
         Returns:
-            The new global arrays and aggregated metrics, or ``(None, None)`` when no
-            reply was valid or the mean was not finite (Flower then keeps the previous
-            global model).
+            The new global arrays and aggregated metrics, or ``(None, None)`` when fewer
+            than ``min_train_nodes`` (``federation.min_clients``) replies were valid or the
+            mean was not finite (Flower then keeps the previous global model).
         """
         acc = WeightedMean()
         reports: list[ClientReport] = []
+        sent = self._sent.pop(server_round, [])
+        node_of = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
         for msg in replies:
-            report, tensors = read_train_reply(msg, self.expected)
+            node_id = node_of.get(msg.metadata.reply_to_message_id,
+                                  int(msg.metadata.src_node_id))
+            report, tensors = read_train_reply(msg, self.expected, node_id=node_id,
+                                               known_client_id=self._client_ids.get(node_id))
+            if not msg.has_error():
+                self._client_ids[node_id] = report.client_id
             reports.append(report)
             if tensors is not None:
                 acc.add(tensors, report.weight)
@@ -284,12 +304,17 @@ class Zk0FedProx(FedProx):
                 logger.log(WARNING, "round %s: excluded client %s: %s",
                            server_round, report.client_id, report.reason)
         replied = {r.node_id for r in reports}
-        for node_id in self._sent.get(server_round, []):
+        for node_id in node_of.values():
             if node_id not in replied:
-                reports.append(ClientReport(str(node_id), node_id, False,
+                cid = self._client_ids.get(node_id, str(node_id))
+                reports.append(ClientReport(cid, node_id, False,
                                             reason="no reply before the round timeout"))
         arrays, metrics, note = None, None, None
-        if acc.count:
+        if 0 < acc.count < self.min_train_nodes:
+            note = (f"only {acc.count} valid repl{'y' if acc.count == 1 else 'ies'}, fewer "
+                    f"than federation.min_clients = {self.min_train_nodes}; previous global "
+                    "model kept")
+        elif acc.count:
             mean = acc.result()
             problems = tensor_problems(mean, self.expected)
             if problems:
