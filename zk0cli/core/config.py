@@ -129,6 +129,16 @@ class DataConfig(_Section):
     video_backend: Literal["pyav", "torchcodec"] = Field(
         "pyav", description="LeRobot video decoder; pyav needs no system FFmpeg."
     )
+    stats: Literal["federated", "local"] = Field(
+        "federated",
+        description="Normalisation statistics: `federated` merges every client's statistics "
+        "(count, sums, min/max; never raw data) before round 1 and all clients and the "
+        "server use them; `local`: each client and eval dataset uses its own (personalised).",
+    )
+    stats_image_frames: int = Field(
+        64, ge=0, le=100_000,
+        description="Frames per client sampled (evenly) for camera statistics; 0 skips them.",
+    )
     sim: SimConfig = Field(default_factory=SimConfig)
 
 
@@ -155,6 +165,43 @@ class TrainingConfig(_Section):
             raise ValueError("betas must both be in [0, 1)")
         if self.min_lr > self.lr:
             raise ValueError("min_lr must not exceed lr")
+        return self
+
+
+class ScheduleConfig(_Section):
+    """Per-round learning rate and FedProx mu, computed by the server each round."""
+
+    lr: Literal["constant", "cosine", "cosine_restarts"] = Field(
+        "constant", description="Round LR from training.lr: constant, cosine decay to lr_min "
+        "over the rounds, or cosine with warm restarts (SGDR: lr_t0, lr_t_mult)."
+    )
+    lr_min: float = Field(0.0, ge=0, description="Final/floor LR of the cosine schedules.")
+    lr_t0: int = Field(10, ge=1, description="Rounds in the first cosine_restarts cycle.")
+    lr_t_mult: int = Field(1, ge=1, description="Cycle length multiplier of cosine_restarts.")
+    mu: Literal["constant", "step", "adaptive"] = Field(
+        "constant", description="Round mu from federation.proximal_mu: constant, step "
+        "(x mu_step_factor at each of mu_step_rounds), or adaptive on the spread of the "
+        "clients' policy losses."
+    )
+    mu_step_rounds: list[int] = Field(
+        default_factory=list, description="Rounds at which the step schedule multiplies mu."
+    )
+    mu_step_factor: float = Field(0.5, gt=0, description="Multiplier of the step schedule.")
+    mu_adaptive_threshold: float = Field(
+        0.05, gt=0, description="Std of client policy losses above which adaptive mu grows."
+    )
+    mu_adaptive_factor: float = Field(
+        2.0, gt=1, description="Adaptive mu is multiplied (spread high) or divided by this."
+    )
+    mu_min: float = Field(0.0, ge=0, description="Lower bound of the adaptive mu.")
+    mu_max: float = Field(1.0, ge=0, description="Upper bound of the adaptive mu.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if any(r < 1 for r in self.mu_step_rounds):
+            raise ValueError("mu_step_rounds must be rounds >= 1")
+        if self.mu_min > self.mu_max:
+            raise ValueError("mu_min must not exceed mu_max")
         return self
 
 
@@ -228,6 +275,7 @@ class RunConfig(_Section):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -250,6 +298,17 @@ class RunConfig(_Section):
                 f"federation.num_clients ({n}) must be <= len(data.clients) "
                 f"({len(self.data.clients)}) with data.partition = 'dataset'; add datasets or "
                 "use data.partition = 'episodes'"
+            )
+        sched = self.schedule
+        if sched.lr != "constant" and sched.lr_min > self.training.lr:
+            raise ValueError(
+                f"schedule.lr_min ({sched.lr_min}) must not exceed training.lr "
+                f"({self.training.lr})"
+            )
+        if sched.mu == "adaptive" and max(self.federation.proximal_mu, sched.mu_min) == 0:
+            raise ValueError(
+                "schedule.mu = 'adaptive' multiplies mu, so it cannot start at 0: set "
+                "federation.proximal_mu > 0 or schedule.mu_min > 0"
             )
         if self.model.kind == "tiny" and self.model.dtype != "float32":
             raise ValueError("model.dtype must be 'float32' for the tiny model")
@@ -445,7 +504,8 @@ def render_config_reference() -> str:
     sections: list[tuple[str, type[BaseModel]]] = [
         ("(top level)", RunConfig), ("model", ModelConfig), ("data", DataConfig),
         ("data.clients[] / data.eval[]", DatasetSpec), ("data.sim", SimConfig),
-        ("training", TrainingConfig), ("federation", FederationConfig), ("eval", EvalConfig),
+        ("training", TrainingConfig), ("federation", FederationConfig),
+        ("schedule", ScheduleConfig), ("eval", EvalConfig),
         ("checkpoint", CheckpointConfig), ("logging", LoggingConfig),
     ]
     for title, model in sections:
