@@ -181,3 +181,50 @@ def test_error_reply_is_attributed_to_the_node_it_was_sent_to(global_state):
     [failure] = strategy.outcomes[2].failures
     assert failure.client_id == "5" and failure.node_id == 42
     assert "Node Unavailable" in failure.reason
+
+
+class _Nodes:
+    """The part of a Flower Grid that FedAvg's sampling reads: the connected node ids."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def get_node_ids(self):
+        return list(self.ids)
+
+
+def test_scheduled_lr_and_adaptive_mu_reach_the_train_config(global_state, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from zk0cli.core.schedules import adaptive_mu, cosine_lr
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what a ServerApp process has set
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+    strategy = Zk0FedProx(expected=specs_of(global_state), proximal_mu=0.1, steps=2,
+                          lr_for_round=cosine_lr(1e-3, lr_min=1e-4, rounds=3),
+                          mu_for_round=adaptive_mu(0.1, threshold=0.05, factor=2.0,
+                                                   mu_min=0.01, mu_max=1.0))
+    arrays = to_array_record(global_state)
+    grid = _Nodes([1, 2])
+    msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    assert [m.content[K.CONFIG_KEY][K.PROXIMAL_MU_KEY] for m in msgs] == [0.1, 0.1]
+    assert msgs[0].content[K.CONFIG_KEY][K.LR_KEY] == pytest.approx(1e-3)
+    # round 1: client policy losses 0.1 and 0.5 (std 0.2 > 0.05): mu doubles for round 2
+    strategy.aggregate_train(1, [
+        reply(global_state, 4, client_id="0", node_id=1, metrics={K.POLICY_LOSS: 0.1}),
+        reply(global_state, 4, client_id="1", node_id=2, metrics={K.POLICY_LOSS: 0.5})])
+    assert strategy.outcomes[1].proximal_mu == pytest.approx(0.1)
+    assert strategy.loss_history() == {1: [0.1, 0.5]}
+    msgs = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
+    conf = msgs[0].content[K.CONFIG_KEY]
+    assert conf[K.PROXIMAL_MU_KEY] == pytest.approx(0.2)
+    assert conf[K.LR_KEY] == pytest.approx(5.5e-4)
+    strategy.aggregate_train(2, [
+        reply(global_state, 4, client_id="0", node_id=1, metrics={K.POLICY_LOSS: 0.3}),
+        reply(global_state, 4, client_id="1", node_id=2, metrics={K.POLICY_LOSS: 0.31})])
+    assert (strategy.outcomes[2].proximal_mu, strategy.outcomes[2].lr) == pytest.approx(
+        (0.2, 5.5e-4))
+    msgs = list(strategy.configure_train(3, arrays, ConfigRecord(), grid))
+    assert msgs[0].content[K.CONFIG_KEY][K.PROXIMAL_MU_KEY] == pytest.approx(0.1)

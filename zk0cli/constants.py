@@ -52,3 +52,8 @@ QUIET_ENV: Final = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
+
+# --- federated normalisation statistics (appended) -----------------------------------------
+STATS_ACTION: Final = "stats"  # ClientApp query action: message type "query.stats"
+STATS_KEY: Final = "zk0-stats"  # JSON sufficient statistics (query reply; merged, train config)
+IMAGE_FRAMES_KEY: Final = "image-frames"  # query config: frames sampled for camera statistics

@@ -5,8 +5,9 @@ then computes the deterministic policy loss (:func:`zk0cli.core.trainer.evaluate
 every held-out dataset it can open: the ``data.eval`` datasets and, where the server
 can read them (simulation, shared storage), the held-out episodes of each client's
 dataset (named ``heldout/<client dataset>``). Each dataset is normalised with its own
-statistics. The composite loss is the mean over the ``data.eval`` datasets (over the
-held-out client episodes when there are no eval datasets).
+statistics, or, after :meth:`ServerEvaluator.use_stats` (``data.stats = "federated"``),
+all of them with the clients' merged statistics. The composite loss is the mean over the
+``data.eval`` datasets (over the held-out client episodes when there are no eval datasets).
 """
 
 from __future__ import annotations
@@ -114,6 +115,23 @@ class ServerEvaluator:
                 sets.append(EvalSet(f"{HELDOUT_PREFIX}{part.name}", ds,
                                     _with_stats(bundle, meta, cfg), composite=not cfg.data.eval))
         return cls(cfg, bundle, sets)
+
+    def use_stats(self, sums_json: str) -> None:
+        """Normalise every eval set (and the checkpointed processors) with merged statistics.
+
+        Args:
+            sums_json: Merged sufficient statistics (:func:`zk0cli.core.stats.sums_to_json`).
+        """
+        from dataclasses import replace
+
+        from zk0cli.core.policy import make_processors
+        from zk0cli.core.stats import sums_from_json, to_lerobot_stats
+
+        pre, post = make_processors(self.bundle.policy.config,
+                                    stats=to_lerobot_stats(sums_from_json(sums_json)),
+                                    rename_map=self.config.data.rename_map)
+        self.bundle = replace(self.bundle, preprocessor=pre, postprocessor=post)
+        self.sets = [replace(s, bundle=self.bundle) for s in self.sets]
 
     def set_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Load the global trainable tensors into the server policy (checked)."""

@@ -193,6 +193,9 @@ class Zk0FedProx(FedProx):
         expected: Names, shapes and dtypes of the trainable tensors every reply must hold.
         proximal_mu: FedProx mu sent to clients (0 gives FedAvg; Flower warns then).
         lr_for_round: Learning rate to send in a round (``server_round -> lr``).
+        mu_for_round: mu to send in a round, from the clients' policy losses of earlier
+            rounds (``(server_round, {round: [loss, ...]}) -> mu``,
+            :mod:`zk0cli.core.schedules`); ``None`` keeps ``proximal_mu``.
         steps: Local optimizer steps per client per round.
         fraction_train: Fraction of connected nodes sampled per round.
         min_train_nodes: Minimum nodes sampled per round.
@@ -212,6 +215,7 @@ class Zk0FedProx(FedProx):
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
         node_wait_timeout_s: float | None = None,
+        mu_for_round: Callable[[int, Mapping[int, list[float]]], float] | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -226,6 +230,7 @@ class Zk0FedProx(FedProx):
         )
         self.expected = dict(expected)
         self.lr_for_round = lr_for_round
+        self.mu_for_round = mu_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
         self._sent: dict[int, list[Message]] = {}
@@ -243,6 +248,8 @@ class Zk0FedProx(FedProx):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Add the round's lr and steps to the train config, then defer to FedProx."""
+        if self.mu_for_round is not None:  # FedProx sends self.proximal_mu
+            self.proximal_mu = float(self.mu_for_round(server_round, self.loss_history()))
         config[K.LR_KEY] = float(self.lr_for_round(server_round))
         config[K.STEPS_KEY] = int(self.steps)
         if self.node_wait_timeout_s is None:
@@ -251,6 +258,11 @@ class Zk0FedProx(FedProx):
             messages = self._configure_train_bounded(server_round, arrays, config, grid)
         self._sent[server_round] = messages  # Flower sets their message ids when sending
         return messages
+
+    def loss_history(self) -> dict[int, list[float]]:
+        """Round -> policy losses of the clients aggregated in that round."""
+        return {r: [float(c.metrics[K.POLICY_LOSS]) for c in o.ok_reports
+                    if K.POLICY_LOSS in c.metrics] for r, o in self.outcomes.items()}
 
     def _configure_train_bounded(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -34,6 +34,7 @@ class _ClientState:
     dataset_name: str
     bundle: Any
     loader: Any
+    stats_digest: str | None = None  # federated statistics in use (None: the dataset's own)
 
 
 _CACHE: dict[str, _ClientState] = {}  # one warm client per process (Ray actors are reused)
@@ -122,6 +123,11 @@ def train(msg: Message, context: Context) -> Message:
         client_id = state.client_id
         conf = msg.content[K.CONFIG_KEY]
         server_round = int(conf.get(K.SERVER_ROUND_KEY, 0))
+        if K.STATS_KEY in conf:  # data.stats = "federated": normalise with the merged stats
+            from zk0cli.flower.stats import apply_stats
+
+            state.bundle, state.stats_digest = apply_stats(
+                state.bundle, str(conf[K.STATS_KEY]), cfg, state.stats_digest)
         set_trainable_state(state.bundle.policy, from_array_record(msg.content[K.ARRAYS_KEY]),
                             source="server")
         result = train_round(
@@ -151,3 +157,18 @@ def train(msg: Message, context: Context) -> Message:
         K.INFO_KEY: ConfigRecord(strings),
     })
     return Message(content, reply_to=msg)
+
+
+@app.query(K.STATS_ACTION)
+def stats(msg: Message, context: Context) -> Message:
+    """Reply with the sufficient statistics of this client's training episodes."""
+    from zk0cli.flower.stats import answer_stats
+
+    client_id = str(context.node_config.get(K.PARTITION_ID_KEY, context.node_id))
+    try:
+        cfg, _run_dir = run_config_of(dict(context.run_config))
+        part = _partition(cfg, context)
+    except Exception as err:  # report, never leave the server waiting
+        info = ConfigRecord({K.CLIENT_ID: client_id, K.ERROR: f"{type(err).__name__}: {err}"})
+        return Message(RecordDict({K.INFO_KEY: info}), reply_to=msg)
+    return answer_stats(msg, cfg, part, part.client_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from zk0cli.core.config import RunConfig
@@ -101,8 +101,10 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     Raises:
         FederationError: Too many consecutive rounds without a valid reply, or none at all.
     """
+    from zk0cli import constants as K
     from zk0cli.core.evaluation import ServerEvaluator
     from zk0cli.core.policy import get_trainable_state
+    from zk0cli.core.schedules import lr_schedule, mu_schedule
     from zk0cli.core.strategy import Zk0FedProx
     from zk0cli.core.transport import specs_of, to_array_record
 
@@ -112,16 +114,25 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     strategy = Zk0FedProx(
         expected=specs_of(initial),
         proximal_mu=fed.proximal_mu,
-        lr_for_round=lambda _round: cfg.training.lr,
+        lr_for_round=lr_schedule(cfg),
+        mu_for_round=mu_schedule(cfg),
         steps=cfg.training.steps_per_round,
         fraction_train=fed.fraction_train,
         min_train_nodes=fed.min_clients,
         min_available_nodes=fed.min_clients,
         node_wait_timeout_s=fed.node_wait_timeout_s,
     )
+    train_config = ConfigRecord()
+    if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
+        from zk0cli.flower.stats import query_stats
+
+        merged = query_stats(grid, cfg)
+        if merged is not None:
+            evaluator.use_stats(merged)
+            train_config[K.STATS_KEY] = merged
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
     strategy.start(grid=grid, initial_arrays=to_array_record(initial), num_rounds=fed.rounds,
-                   timeout=fed.round_timeout_s, evaluate_fn=hook)
+                   timeout=fed.round_timeout_s, train_config=train_config, evaluate_fn=hook)
 
 
 @app.main()
