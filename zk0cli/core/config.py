@@ -365,6 +365,7 @@ def load_config(
     *,
     preset: str | None = None,
     config_file: Path | None = None,
+    base: Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
     flags: Mapping[str, Any] | None = None,
 ) -> RunConfig:
@@ -374,6 +375,8 @@ def load_config(
         preset: Built-in preset name (``so100`` or ``tiny``); ignored if ``config_file``
             is given. Neither given means ``tiny``.
         config_file: TOML file path.
+        base: A configuration mapping to start from (a run's ``config.json`` when
+            resuming); used when no ``config_file`` is given.
         overrides: ``section.key=value`` strings, applied in order.
         flags: Dotted-path values from dedicated CLI flags (``federation.rounds``), applied
             last; ``None`` values are skipped.
@@ -389,6 +392,8 @@ def load_config(
     if config_file is not None:
         data = read_config_file(Path(config_file))
         source = str(config_file)
+    elif base is not None:
+        data, source = dict(base), "the run's config.json"
     else:
         data = get_preset(preset or "tiny")
         source = f"preset {preset or 'tiny'!r}"

@@ -228,6 +228,7 @@ class Zk0FedProx(FedProx):
         self.lr_for_round = lr_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
+        self.round_offset = 0  # rounds done before this process started (resume)
         self._sent: dict[int, list[Message]] = {}
         self._client_ids: dict[int, str] = {}  # node id -> client id it reported
         self.node_wait_timeout_s = node_wait_timeout_s
@@ -243,6 +244,8 @@ class Zk0FedProx(FedProx):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Add the round's lr and steps to the train config, then defer to FedProx."""
+        server_round += self.round_offset  # Flower counts from 1 again after a resume
+        config[K.ROUND_KEY] = server_round
         config[K.LR_KEY] = float(self.lr_for_round(server_round))
         config[K.STEPS_KEY] = int(self.steps)
         if self.node_wait_timeout_s is None:
@@ -285,9 +288,13 @@ class Zk0FedProx(FedProx):
             than ``min_train_nodes`` (``federation.min_clients``) replies were valid or the
             mean was not finite (Flower then keeps the previous global model).
         """
+        server_round += self.round_offset
         acc = WeightedMean()
         reports: list[ClientReport] = []
         sent = self._sent.pop(server_round, [])
+        # A fixed order (by client id) makes the float sums, hence the model, independent
+        # of the order in which replies happened to arrive.
+        replies = sorted(replies, key=_reply_order)
         node_of = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
         for msg in replies:
             node_id = node_of.get(msg.metadata.reply_to_message_id,
@@ -337,6 +344,14 @@ class Zk0FedProx(FedProx):
         logger.log(INFO, "round %s: %d aggregated, %d excluded%s", server_round,
                    acc.count, len(reports) - acc.count, f" ({note})" if note else "")
         return arrays, metrics
+
+
+def _reply_order(msg: Message) -> tuple[str, int]:
+    client_id = ""
+    if not msg.has_error():
+        info = msg.content.config_records.get(K.INFO_KEY)
+        client_id = str(info.get(K.CLIENT_ID, "")) if info is not None else ""
+    return client_id.zfill(12), int(msg.metadata.src_node_id)
 
 
 class _NodeSnapshot:

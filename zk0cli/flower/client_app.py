@@ -33,7 +33,7 @@ class _ClientState:
     client_id: str
     dataset_name: str
     bundle: Any
-    loader: Any
+    dataset: Any
 
 
 _CACHE: dict[str, _ClientState] = {}  # one warm client per process (Ray actors are reused)
@@ -79,12 +79,16 @@ def _state(cfg: RunConfig, context: Context, cfg_key: str) -> _ClientState:
     dataset = D.open_dataset(part.ref, episodes=part.train_episodes,
                              chunk_size=bundle.policy.config.chunk_size,
                              video_backend=cfg.data.video_backend)
-    loader = D.make_loader(dataset, batch_size=cfg.training.batch_size, shuffle=True,
-                           seed=cfg.seed + int(part.client_id) if part.client_id.isdigit()
-                           else cfg.seed, num_workers=cfg.training.num_workers)
-    state = _ClientState(key, part.client_id, part.name, bundle, loader)
+    state = _ClientState(key, part.client_id, part.name, bundle, dataset)
     _CACHE["client"] = state
     return state
+
+
+def _round_seed(seed: int, server_round: int, client_id: str) -> int:
+    """Seed of one client's round: data order, flow-matching noise and time."""
+    import zlib
+
+    return (seed * 1_000_003 + server_round * 7919 + zlib.crc32(client_id.encode())) % 2**31
 
 
 def _inject(fault: str, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +117,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train on the local dataset from the received global tensors; reply with the update."""
     client_id = str(context.node_config.get(K.PARTITION_ID_KEY, context.node_id))
     try:
+        from zk0cli.core.data import make_loader
         from zk0cli.core.policy import set_trainable_state
         from zk0cli.core.trainer import train_round
         from zk0cli.core.transport import from_array_record, to_array_record
@@ -121,16 +126,21 @@ def train(msg: Message, context: Context) -> Message:
         state = _state(cfg, context, str(context.run_config.get(K.RUN_CONFIG_PATH_KEY)))
         client_id = state.client_id
         conf = msg.content[K.CONFIG_KEY]
-        server_round = int(conf.get(K.SERVER_ROUND_KEY, 0))
+        server_round = int(conf.get(K.ROUND_KEY, conf.get(K.SERVER_ROUND_KEY, 0)))
         set_trainable_state(state.bundle.policy, from_array_record(msg.content[K.ARRAYS_KEY]),
                             source="server")
+        # A fresh loader per round, seeded by (seed, round, client): the data order of a
+        # round does not depend on which process ran the earlier rounds (resume-safe).
+        loader = make_loader(state.dataset, batch_size=cfg.training.batch_size, shuffle=True,
+                             seed=_round_seed(cfg.seed, server_round, client_id),
+                             num_workers=cfg.training.num_workers)
         result = train_round(
-            state.bundle, state.loader,
+            state.bundle, loader,
             steps=int(conf.get(K.STEPS_KEY, cfg.training.steps_per_round)),
             lr=float(conf.get(K.LR_KEY, cfg.training.lr)),
             mu=float(conf.get(K.PROXIMAL_MU_KEY, 0.0)),
             training=cfg.training, dataset_name=state.dataset_name,
-            seed=cfg.seed + 7919 * server_round + (int(client_id) if client_id.isdigit() else 0),
+            seed=_round_seed(cfg.seed, server_round, client_id),
         )
         tensors = result.tensors
         fault = fault_for(client_id)
