@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import FedProx
 from zk0cli import constants as K
 from zk0cli.core.transport import (
     TensorSpec,
+    TransportDtype,
     WeightedMean,
     from_array_record,
     tensor_problems,
@@ -180,6 +181,9 @@ class Zk0FedProx(FedProx):
         fraction_train: Fraction of connected nodes sampled per round.
         min_train_nodes: Minimum nodes sampled per round.
         min_available_nodes: Nodes that must be connected before a round starts.
+        transport_dtype: Wire dtype of the global tensors sent to clients (see
+            :func:`~zk0cli.core.transport.to_array_record`); replies are decoded whatever
+            dtype they travelled in.
     """
 
     def __init__(
@@ -192,6 +196,7 @@ class Zk0FedProx(FedProx):
         fraction_train: float = 1.0,
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
+        transport_dtype: TransportDtype = "float32",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -205,6 +210,7 @@ class Zk0FedProx(FedProx):
             proximal_mu=proximal_mu,
         )
         self.expected = dict(expected)
+        self.transport_dtype: TransportDtype = transport_dtype
         self.lr_for_round = lr_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
@@ -259,7 +265,7 @@ class Zk0FedProx(FedProx):
             if problems:
                 note = "aggregated model rejected, previous kept: " + "; ".join(problems)
             else:
-                arrays = to_array_record(mean)
+                arrays = to_array_record(mean, transport_dtype=self.transport_dtype)
                 agg = aggregate_client_metrics(reports)
                 metrics = MetricRecord({k: float(v) for k, v in agg.items()})
         else:

@@ -146,7 +146,7 @@ def train(msg: Message, context: Context) -> Message:
     strings = {k: str(v) for k, v in result.metrics.items() if isinstance(v, str)}
     strings[K.CLIENT_ID] = client_id
     content = RecordDict({
-        K.ARRAYS_KEY: to_array_record(tensors),
+        K.ARRAYS_KEY: to_array_record(tensors, transport_dtype=cfg.federation.transport_dtype),
         K.METRICS_KEY: MetricRecord(numbers),
         K.INFO_KEY: ConfigRecord(strings),
     })
