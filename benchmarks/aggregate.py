@@ -1,7 +1,7 @@
 """(b) Server peak memory aggregating N full-size replies through ``Zk0FedProx``.
 
 Each count runs in its own process (``python benchmarks/aggregate.py --worker ...``) so
-its peak RSS (``ru_maxrss``) is its own. Replies are real Flower train ``Message`` s with
+its peak RSS (``VmHWM``) is its own. Replies are real Flower train ``Message`` s with
 the full-size trainable tensors (random values, bf16 on the wire) handed to the real
 ``Zk0FedProx.aggregate_train``:
 
@@ -49,6 +49,22 @@ def _reply(shapes: dict[str, list[int]], node_id: int, transport: str) -> Any:
     return Message(content, metadata=meta)
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes.
+
+    ``VmHWM`` from ``/proc/self/status`` (reset by ``execve``); ``ru_maxrss`` elsewhere,
+    which on Linux keeps the parent's high-water mark across fork + exec.
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def worker(shapes_path: Path, n: int, mode: str, transport: str) -> dict[str, Any]:
     """Aggregate ``n`` replies in this process; return peak RSS and timings."""
     import psutil
@@ -81,18 +97,25 @@ def worker(shapes_path: Path, n: int, mode: str, transport: str) -> dict[str, An
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None and strategy.outcomes[1].aggregated
     total = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _peak_rss()
     return {"clients": n, "mode": mode, "transport": transport, "peak_rss_bytes": peak,
             "baseline_rss_bytes": baseline, "aggregation_seconds": agg_seconds,
             "wall_seconds": total}
 
 
-def measure_aggregation(shapes_path: Path, counts: list[int], modes: list[str],
+def measure_aggregation(shapes_path: Path, counts: list[int], held_counts: list[int],
                         transport: str = "bfloat16") -> dict[str, Any]:
-    """Run one worker process per (mode, count); return their results and the check."""
+    """Run one worker process per (mode, count); return their results and the check.
+
+    Args:
+        shapes_path: ``{name: shape}`` of the trainable tensors (from :mod:`wire`).
+        counts: Client counts of the ``stream`` mode.
+        held_counts: Client counts of the ``held`` mode.
+        transport: Wire dtype of the replies.
+    """
     runs = []
-    for mode in modes:
-        for n in counts:
+    for mode, ns in (("stream", counts), ("held", held_counts)):
+        for n in ns:
             cmd = [sys.executable, str(HERE / "aggregate.py"), "--worker", "--shapes",
                    str(shapes_path), "--clients", str(n), "--mode", mode,
                    "--transport", transport]

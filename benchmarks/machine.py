@@ -42,6 +42,7 @@ def machine_info() -> dict[str, Any]:
         "flwr": _version("flwr"),
         "lerobot": _version("lerobot"),
         "gpu": None,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

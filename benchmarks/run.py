@@ -61,7 +61,8 @@ def render(results: dict[str, Any]) -> Any:
     m = results["machine"]
     title = (f"zk0 benchmarks — {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM"
              f"{', ' + m['gpu'] if m['gpu'] else ''}; torch {m['torch']}, flwr {m['flwr']}, "
-             f"lerobot {m['lerobot']}; device {results['device']}"
+             f"lerobot {m['lerobot']}; load avg {m['load_average_1m']}→"
+             f"{results.get('load_average_1m_end')}; device {results['device']}"
              f"{' (quick)' if results['quick'] else ''}")
     t = Table(title=title, show_lines=True)
     for col in ("figure", "measured", "target", "met"):
@@ -162,8 +163,8 @@ def main() -> None:
         from aggregate import measure_aggregation
 
         console.print("(b) aggregating full-size replies, one process per count...")
-        modes = ["stream"] if args.quick else ["stream", "held"]
-        _run("aggregation", lambda: measure_aggregation(shapes, [2, 4, 8], modes), results)
+        held = [8] if args.quick else [2, 4, 8]
+        _run("aggregation", lambda: measure_aggregation(shapes, [2, 4, 8], held), results)
     if "overhead" in only:
         from overhead import measure_overhead
 
@@ -189,6 +190,7 @@ def main() -> None:
         console.print("(f) full-size SmolVLA on the GPU...")
         _run("gpu", lambda: measure_gpu(batch_sizes=[16, 64], steps=5 if args.quick else 20),
              results)
+    results["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     console.print(render(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
