@@ -110,7 +110,8 @@ def render(results: dict[str, Any]) -> Any:
                  f"{r['plain_steps_per_s']:.1f} steps/s = {r['ratio']:.2f}; data wait "
                  f"{100 * r['zk0_data_wait_share']:.0f}% / {100 * r['plain_data_wait_share']:.0f}%"
                  for r in d["runs"]]
-        t.add_row(f"(d) zk0 trainer vs plain LeRobot loop, tiny model, batch {d['batch_size']}",
+        t.add_row(f"(d) zk0 trainer vs plain LeRobot loop, tiny model, batch {d['batch_size']} "
+                  f"(checked at the default {d['default_num_workers']} workers)",
                   "\n".join(lines), "ratio ≥ 0.95", _fmt_pass(d))
     e = results.get("tiny_run", {})
     if e:

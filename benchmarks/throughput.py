@@ -69,7 +69,8 @@ def measure_throughput(workdir: Path, *, steps: int, repeats: int, batch_size: i
 
     Returns:
         ``{"runs": [{"num_workers", "zk0_steps_per_s", "plain_steps_per_s", "ratio",
-        "zk0_data_wait_share", "plain_data_wait_share"}], ...}``.
+        "zk0_data_wait_share", "plain_data_wait_share"}], "ratio", "pass", ...}``; the
+        checked ``ratio`` is the one at ``training.num_workers``'s default.
     """
     import torch
     from fixtures import write_dataset
@@ -116,7 +117,9 @@ def measure_throughput(workdir: Path, *, steps: int, repeats: int, batch_size: i
         runs.append({"num_workers": nw, "zk0_steps_per_s": z, "plain_steps_per_s": p,
                      "ratio": z / p, "zk0_data_wait_share": statistics.median(zk0_w),
                      "plain_data_wait_share": statistics.median(plain_w)})
+    default = TrainingConfig().num_workers
+    ref = next((r for r in runs if r["num_workers"] == default), runs[0])
     best = max(runs, key=lambda r: r["zk0_steps_per_s"])
     return {"steps": steps, "repeats": repeats, "batch_size": batch_size, "runs": runs,
-            "best_num_workers": best["num_workers"], "ratio": best["ratio"],
-            "target_ratio": 0.95, "pass": best["ratio"] >= 0.95}
+            "default_num_workers": default, "fastest_num_workers": best["num_workers"],
+            "ratio": ref["ratio"], "target_ratio": 0.95, "pass": ref["ratio"] >= 0.95}
