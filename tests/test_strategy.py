@@ -151,3 +151,33 @@ def test_aggregate_client_metrics_mean_and_std():
     assert agg["loss_std"] == pytest.approx(1.0)
     assert agg["num_clients"] == 2 and agg["num_failures"] == 1 and agg["num_examples"] == 6
     assert math.isnan(agg["grad_norm_avg"])
+
+
+def test_fewer_valid_replies_than_min_clients_keeps_previous_model(global_state):
+    strategy = Zk0FedProx(expected=specs_of(global_state), proximal_mu=0.1,
+                          lr_for_round=lambda r: 1e-3, steps=2, min_train_nodes=3)
+    replies = [reply(perturbed(global_state, i), 10, client_id=str(i), node_id=i + 1)
+               for i in range(2)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is None
+    assert "fewer than federation.min_clients = 3" in strategy.outcomes[1].note
+
+
+def test_error_reply_is_attributed_to_the_node_it_was_sent_to(global_state):
+    """Flower answers for a dead node from the SuperLink; the reply_to id names the node."""
+    strategy = Zk0FedProx(expected=specs_of(global_state), proximal_mu=0.1,
+                          lr_for_round=lambda r: 1e-3, steps=2)
+    # Round 1: node 42 reports as client "5".
+    strategy.aggregate_train(1, [reply(global_state, 4, client_id="5", node_id=42)])
+    # Round 2: the message to node 42 gets an error reply that comes from node 1.
+    sent = Message(RecordDict({}), metadata=Metadata(
+        run_id=1, message_id="to-42", src_node_id=1, dst_node_id=42, reply_to_message_id="",
+        group_id="2", created_at=0.0, ttl=60.0, message_type="train"))
+    strategy._sent[2] = [sent]
+    err_meta = _metadata(1)
+    err_meta.__dict__["_reply_to_message_id"] = "to-42"
+    err = Message(FlwrError(code=0, reason="Node Unavailable"), metadata=err_meta)
+    strategy.aggregate_train(2, [err])
+    [failure] = strategy.outcomes[2].failures
+    assert failure.client_id == "5" and failure.node_id == 42
+    assert "Node Unavailable" in failure.reason

@@ -170,3 +170,41 @@ class ReleaseTestsFailedError(Zk0Error, RuntimeError):
 
 class GitError(Zk0Error, RuntimeError):
     """A git command failed while releasing; the message says what was already done."""
+
+
+# --- appended: zk0 train (deployment) -------------------------------------------------------
+
+
+class DeploymentOptionsError(UsageError):
+    """Options of ``zk0 train`` (addresses, certificates, keys, ports) are invalid.
+
+    Nothing was started when this is raised.
+
+    Attributes:
+        problems: Every offending option, not only the first one found.
+    """
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"Invalid options ({len(self.problems)} problem"
+            f"{'s' if len(self.problems) != 1 else ''}); nothing was started:\n{lines}\n"
+            "See `zk0 train --help` and docs/deployment.md."
+        )
+
+
+class SuperLinkConnectionError(FederationError):
+    """The SuperLink cannot be reached, or TLS with it fails (wrong CA, plain vs TLS).
+
+    Attributes:
+        address: The ``HOST:PORT`` tried.
+    """
+
+    def __init__(self, address: str, message: str) -> None:
+        self.address = address
+        super().__init__(message)
+
+
+class NodeRefusedError(FederationError):
+    """The SuperLink refused a SuperNode (its public key is not registered: Flower exit 305)."""

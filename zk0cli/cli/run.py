@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,7 +18,7 @@ from zk0cli.cli.options import ClientsOpt, ConfigOpt, OutOpt, PresetOpt, RoundsO
 if TYPE_CHECKING:
     from zk0cli.core.config import RunConfig
     from zk0cli.core.rundir import RunDir
-    from zk0cli.engine.runs import RunProgress
+    from zk0cli.engine.runs import ProgressFn, RunProgress
 
 console = Console(highlight=False)
 
@@ -76,11 +77,22 @@ def run_local_federation(config: RunConfig, *, out: Path | None, command: str) -
     console.print(f"{config.num_clients} clients, {config.federation.rounds} round(s); "
                   f"{par.parallel_clients} client(s) in parallel "
                   f"({par.cpus_per_client:g} CPU each of {par.cpus})")
+    return run_with_display(config, rundir, lambda on_progress: run_simulation(
+        config, rundir, on_progress=on_progress))
+
+
+def run_with_display(config: RunConfig, rundir: RunDir,
+                     runner: Callable[[ProgressFn], str]) -> RunDir:
+    """Run ``runner(on_progress)`` under the live display, then print the summary.
+
+    Shared by ``simulate``, ``tiny-run`` and ``train``.
+
+    Raises:
+        typer.Exit: With 1 when the run did not complete.
+    """
     t0 = time.monotonic()
     with Live(console=console, refresh_per_second=2, transient=True) as live:
-        status = run_simulation(
-            config, rundir,
-            on_progress=lambda p: live.update(_progress_table(p, config.num_clients)))
+        status = runner(lambda p: live.update(_progress_table(p, config.num_clients)))
     console.print(summary_table(rundir))
     run = rundir.read_run()
     console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")

@@ -182,6 +182,11 @@ class FederationConfig(_Section):
     round_timeout_s: float = Field(
         1800.0, gt=0, description="Seconds the server waits for replies in one round."
     )
+    node_wait_timeout_s: float | None = Field(
+        600.0, gt=0, description="Seconds a round waits for min_clients SuperNodes to be "
+        "connected; then it trains the connected ones, or with fewer than min_clients is "
+        "recorded empty (previous model kept). None waits forever (Flower's default)."
+    )
     max_failed_rounds: int = Field(
         3, ge=1, description="End the run as failed after this many consecutive rounds "
         "without a valid client reply."

@@ -5,7 +5,11 @@ round's train config; the client must add the proximal term (mu/2)·‖w − w_g
 itself (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020) —
 zk0's client trainer does. This subclass overrides only what differs:
 
-* ``configure_train`` also sends the round's learning rate and step count;
+* ``configure_train`` also sends the round's learning rate and step count, and waits at
+  most ``node_wait_timeout_s`` for ``min_available_nodes`` to be connected (Flower's
+  default waits forever, e.g. after a SuperNode died): after the timeout it samples from
+  the nodes that are connected, or, with fewer than ``min_train_nodes``, sends nothing and
+  the round is recorded empty ("waiting for N nodes, M connected after T s");
 * ``aggregate_train`` reads every reply on its own, drops the ones that report a
   failure or whose tensors fail the name/shape/dtype/finiteness checks (recording the
   client and the reason), aggregates the rest as a running ``num-examples``-weighted
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -127,24 +132,36 @@ def aggregate_client_metrics(reports: Iterable[ClientReport]) -> dict[str, float
 
 
 def read_train_reply(
-    msg: Message, expected: Mapping[str, TensorSpec]
+    msg: Message,
+    expected: Mapping[str, TensorSpec],
+    *,
+    node_id: int | None = None,
+    known_client_id: str | None = None,
 ) -> tuple[ClientReport, dict[str, Any] | None]:
     """Check one train reply; return its report and, when usable, its tensors.
 
     A reply is excluded when Flower reports an error for it, when the client reported
     a failure (``failed`` = 1 with an ``error``), when ``num-examples`` is missing or
     not positive, or when its tensors fail :func:`~zk0cli.core.transport.tensor_problems`.
+
+    Args:
+        msg: The reply.
+        expected: Specs of the trainable tensors.
+        node_id: The node the original message went to (error replies that Flower
+            generates for a dead node come from the SuperLink, not from that node).
+        known_client_id: The client id that node reported in an earlier round.
     """
-    node_id = int(msg.metadata.src_node_id)
+    node_id = int(msg.metadata.src_node_id) if node_id is None else node_id
     if msg.has_error():
         reason = f"Flower error {msg.error.code}: {msg.error.reason}"
-        return ClientReport(str(node_id), node_id, False, reason=reason), None
+        cid = known_client_id or str(node_id)
+        return ClientReport(cid, node_id, False, reason=reason), None
     content = msg.content
     info = content.config_records.get(K.INFO_KEY, ConfigRecord())
     metrics_rec = content.metric_records.get(K.METRICS_KEY, MetricRecord())
     metrics: dict[str, Any] = {k: v for k, v in metrics_rec.items()}
     metrics.update({k: v for k, v in info.items() if k != K.ERROR})
-    client_id = str(info.get(K.CLIENT_ID, node_id))
+    client_id = str(info.get(K.CLIENT_ID, known_client_id or node_id))
     report = ClientReport(client_id, node_id, False, metrics=metrics)
     if metrics.get(K.FAILED):
         report.reason = str(info.get(K.ERROR, "client reported a failure without a reason"))
@@ -181,6 +198,8 @@ class Zk0FedProx(FedProx):
         fraction_train: Fraction of connected nodes sampled per round.
         min_train_nodes: Minimum nodes sampled per round.
         min_available_nodes: Nodes that must be connected before a round starts.
+        node_wait_timeout_s: Seconds to wait for ``min_available_nodes`` before sampling
+            from the connected nodes or skipping the round; ``None`` waits forever.
         transport_dtype: Wire dtype of the global tensors sent to clients (see
             :func:`~zk0cli.core.transport.to_array_record`); replies are decoded whatever
             dtype they travelled in.
@@ -196,6 +215,7 @@ class Zk0FedProx(FedProx):
         fraction_train: float = 1.0,
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
+        node_wait_timeout_s: float | None = None,
         transport_dtype: TransportDtype = "float32",
     ) -> None:
         super().__init__(
@@ -214,7 +234,10 @@ class Zk0FedProx(FedProx):
         self.lr_for_round = lr_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
-        self._sent: dict[int, list[int]] = {}
+        self._sent: dict[int, list[Message]] = {}
+        self._client_ids: dict[int, str] = {}  # node id -> client id it reported
+        self.node_wait_timeout_s = node_wait_timeout_s
+        self._wait_notes: dict[int, str] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's summary plus zk0's)."""
@@ -228,9 +251,35 @@ class Zk0FedProx(FedProx):
         """Add the round's lr and steps to the train config, then defer to FedProx."""
         config[K.LR_KEY] = float(self.lr_for_round(server_round))
         config[K.STEPS_KEY] = int(self.steps)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._sent[server_round] = [int(m.metadata.dst_node_id) for m in messages]
+        if self.node_wait_timeout_s is None:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+        else:
+            messages = self._configure_train_bounded(server_round, arrays, config, grid)
+        self._sent[server_round] = messages  # Flower sets their message ids when sending
         return messages
+
+    def _configure_train_bounded(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """FedProx's configure_train over the nodes connected after at most the timeout."""
+        timeout = float(self.node_wait_timeout_s or 0.0)
+        need = self.min_available_nodes
+        node_ids = wait_for_nodes(grid, need, timeout_s=timeout)
+        if len(node_ids) < self.min_train_nodes:
+            note = (f"waiting for {need} nodes, {len(node_ids)} connected after {timeout:g} s; "
+                    "nothing sent, previous global model kept")
+            self._wait_notes[server_round] = note
+            logger.log(WARNING, "round %s: %s", server_round, note)
+            return []
+        # Sample from this snapshot: Flower's sample_nodes would loop forever if a node
+        # left between our wait and its own count.
+        saved = self.min_available_nodes
+        self.min_available_nodes = min(saved, len(node_ids))
+        try:
+            return list(super().configure_train(server_round, arrays, config,
+                                                _NodeSnapshot(grid, node_ids)))  # type: ignore[arg-type]
+        finally:
+            self.min_available_nodes = saved
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -238,14 +287,21 @@ class Zk0FedProx(FedProx):
         """Aggregate the valid replies; record every excluded one with its reason.
 
         Returns:
-            The new global arrays and aggregated metrics, or ``(None, None)`` when no
-            reply was valid or the mean was not finite (Flower then keeps the previous
-            global model).
+            The new global arrays and aggregated metrics, or ``(None, None)`` when fewer
+            than ``min_train_nodes`` (``federation.min_clients``) replies were valid or the
+            mean was not finite (Flower then keeps the previous global model).
         """
         acc = WeightedMean()
         reports: list[ClientReport] = []
+        sent = self._sent.pop(server_round, [])
+        node_of = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
         for msg in replies:
-            report, tensors = read_train_reply(msg, self.expected)
+            node_id = node_of.get(msg.metadata.reply_to_message_id,
+                                  int(msg.metadata.src_node_id))
+            report, tensors = read_train_reply(msg, self.expected, node_id=node_id,
+                                               known_client_id=self._client_ids.get(node_id))
+            if not msg.has_error():
+                self._client_ids[node_id] = report.client_id
             reports.append(report)
             if tensors is not None:
                 acc.add(tensors, report.weight)
@@ -254,12 +310,17 @@ class Zk0FedProx(FedProx):
                 logger.log(WARNING, "round %s: excluded client %s: %s",
                            server_round, report.client_id, report.reason)
         replied = {r.node_id for r in reports}
-        for node_id in self._sent.get(server_round, []):
+        for node_id in node_of.values():
             if node_id not in replied:
-                reports.append(ClientReport(str(node_id), node_id, False,
+                cid = self._client_ids.get(node_id, str(node_id))
+                reports.append(ClientReport(cid, node_id, False,
                                             reason="no reply before the round timeout"))
         arrays, metrics, note = None, None, None
-        if acc.count:
+        if 0 < acc.count < self.min_train_nodes:
+            note = (f"only {acc.count} valid repl{'y' if acc.count == 1 else 'ies'}, fewer "
+                    f"than federation.min_clients = {self.min_train_nodes}; previous global "
+                    "model kept")
+        elif acc.count:
             mean = acc.result()
             problems = tensor_problems(mean, self.expected)
             if problems:
@@ -269,7 +330,8 @@ class Zk0FedProx(FedProx):
                 agg = aggregate_client_metrics(reports)
                 metrics = MetricRecord({k: float(v) for k, v in agg.items()})
         else:
-            note = "no valid replies; previous global model kept"
+            note = self._wait_notes.pop(server_round, None) or \
+                "no valid replies; previous global model kept"
         self.outcomes[server_round] = RoundOutcome(
             server_round=server_round,
             reports=reports,
@@ -281,3 +343,45 @@ class Zk0FedProx(FedProx):
         logger.log(INFO, "round %s: %d aggregated, %d excluded%s", server_round,
                    acc.count, len(reports) - acc.count, f" ({note})" if note else "")
         return arrays, metrics
+
+
+class _NodeSnapshot:
+    """A grid whose ``get_node_ids`` returns a fixed list (what FedAvg samples from)."""
+
+    def __init__(self, grid: Any, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def wait_for_nodes(grid: Any, count: int, *, timeout_s: float, poll_s: float = 1.0
+                   ) -> list[int]:
+    """Wait until ``count`` nodes are connected, for at most ``timeout_s`` seconds.
+
+    Args:
+        grid: Flower ``Grid`` (anything with ``get_node_ids()``).
+        count: Nodes wanted.
+        timeout_s: Longest wait, in seconds.
+        poll_s: Seconds between two looks.
+
+    Returns:
+        The ids of the nodes connected when ``count`` was reached or the time ran out
+        (possibly fewer than ``count``).
+    """
+    deadline = time.monotonic() + timeout_s
+    next_log = 0.0
+    while True:
+        node_ids = [int(n) for n in grid.get_node_ids()]
+        now = time.monotonic()
+        if len(node_ids) >= count or now >= deadline:
+            return node_ids
+        if now >= next_log:
+            logger.info("waiting for %d nodes: %d connected (%.0f s left)", count,
+                        len(node_ids), deadline - now)
+            next_log = now + 10.0
+        time.sleep(min(poll_s, max(0.0, deadline - now)))

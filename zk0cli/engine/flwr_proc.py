@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -46,8 +47,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_for_port(host: str, port: int, *, timeout_s: float, proc: subprocess.Popen[Any] | None,
-                  log_file: Path | None = None) -> None:
+                  log_file: Path | None = None, what: str = "SuperLink") -> None:
     """Wait until ``host:port`` accepts TCP connections.
+
+    Args:
+        host: Address to connect to.
+        port: TCP port.
+        timeout_s: Longest wait, in seconds.
+        proc: The process that should open the port (its exit ends the wait).
+        log_file: Its log, whose end goes into the error message.
+        what: Name of the process in messages.
 
     Raises:
         FederationError: The process exited or the port did not open in time (with the
@@ -56,15 +65,20 @@ def wait_for_port(host: str, port: int, *, timeout_s: float, proc: subprocess.Po
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise FederationError(f"SuperLink exited with code {proc.returncode} before "
-                                  f"listening on {host}:{port}.{_tail(log_file)}")
+            raise FederationError(f"{what} exited with code {proc.returncode} before "
+                                  f"listening on {host}:{port}.{tail(log_file)}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.2)
-    raise FederationError(f"SuperLink did not listen on {host}:{port} within {timeout_s:.0f} s."
-                          f"{_tail(log_file)}")
+    raise FederationError(f"{what} did not listen on {host}:{port} within {timeout_s:.0f} s."
+                          f"{tail(log_file)}")
+
+
+def tail(path: Path | None, n: int = 15) -> str:
+    """The last ``n`` lines of a log file, as a message suffix (empty if there is none)."""
+    return _tail(path, n)
 
 
 def _tail(path: Path | None, n: int = 15) -> str:
@@ -130,15 +144,29 @@ class FlowerHome:
         (self.path / "config.toml").write_text(text, encoding="utf-8")
 
     def env(self) -> dict[str, str]:
-        """Environment for Flower processes: quiet, offline-safe, this FLWR_HOME."""
-        return {**os.environ, **QUIET_ENV, **self.extra_env, "FLWR_HOME": str(self.path)}
+        """Environment for Flower processes: quiet, offline-safe, this FLWR_HOME.
+
+        The folder of this Python's console scripts comes first on ``PATH``: the SuperLink
+        and SuperNodes start ``flower-superexec``, ``flwr-serverapp`` and
+        ``flwr-clientapp`` by name.
+        """
+        return flower_env({**self.extra_env, "FLWR_HOME": str(self.path)})
+
+
+def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment, quiet and offline-safe, with this Python's scripts first on PATH."""
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        path = bindir + os.pathsep + path if path else bindir
+    return {**os.environ, **QUIET_ENV, "PATH": path, **(extra or {})}
 
 
 def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
                   cwd: Path | None = None) -> subprocess.Popen[Any]:
     """Start a long-running Flower process with output to ``log_path`` (own session)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("starting: %s", " ".join(cmd))
+    logger.info("starting: %s", shlex.join(cmd))
     fh: IO[bytes] = log_path.open("ab")
     try:
         return subprocess.Popen(list(cmd), env=dict(env), stdout=fh, stderr=subprocess.STDOUT,
@@ -167,7 +195,45 @@ def _flwr(args: Sequence[str], home: FlowerHome, *, timeout_s: float = 120) -> s
         detail = (res.stdout + res.stderr).strip()[-2000:]
         raise FederationError(f"`flwr {args[0]}` failed against SuperLink {home.address} "
                               f"(exit {res.returncode}): {detail}")
+    failure = _json_failure(res.stdout)
+    if failure is not None:  # `--format json` reports failures with exit code 0
+        raise FederationError(f"`flwr {args[0]}` failed against SuperLink {home.address}: "
+                              f"{failure}")
     return res.stdout
+
+
+def _json_failure(out: str) -> str | None:
+    """The error message of a ``--format json`` answer with ``"success": false``."""
+    if "{" not in out:
+        return None
+    try:
+        payload = json.loads(out[out.index("{"):])
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and payload.get("success") is False:
+        return " ".join(str(payload.get("error-message", "no error message")).split())
+    return None
+
+
+def register_node(home: FlowerHome, public_key: Path) -> int:
+    """``flwr supernode register KEY.pub`` on the connection; returns the new node id.
+
+    Raises:
+        FederationError: The SuperLink refused the key (already registered, auth off...)
+            or could not be reached.
+    """
+    out = _flwr(["supernode", "register", str(public_key), CONNECTION, "--format", "json"],
+                home, timeout_s=60)
+    try:
+        return int(json.loads(out[out.index("{"):])["node-id"])
+    except (ValueError, KeyError, TypeError):
+        raise FederationError(f"unexpected `flwr supernode register` output: {out[-1000:]}"
+                              ) from None
+
+
+def flwr_command(args: Sequence[str], home: FlowerHome) -> str:
+    """The shell line an operator runs for ``flwr ARGS`` with this connection."""
+    return f"FLWR_HOME={shlex.quote(str(home.path))} " + shlex.join(["flwr", *args])
 
 
 def submit_run(home: FlowerHome, app_dir: Path, *, run_config: Mapping[str, str],

@@ -113,14 +113,15 @@ def follow_run(
 
     The ServerApp writes ``completed``/``failed`` itself; Flower's own status is checked
     every ``flower_check_s`` seconds in case the ServerApp died without writing. The wait
-    is bounded: rounds × (round timeout + 10 min) + 10 min.
+    is bounded: rounds × (round timeout + node wait timeout + 10 min) + 10 min.
 
     Raises:
         KeyboardInterrupt: Passed through (the caller stops the run).
     """
     t0 = time.monotonic()
     fed = config.federation
-    deadline = t0 + fed.rounds * (fed.round_timeout_s + 600) + 600
+    per_round = fed.round_timeout_s + (fed.node_wait_timeout_s or 0.0) + 600
+    deadline = t0 + fed.rounds * per_round + 600
     last_check = t0
     while True:
         prog = progress_of(rundir, fed.rounds, t0)

@@ -119,6 +119,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         fraction_train=fed.fraction_train,
         min_train_nodes=fed.min_clients,
         min_available_nodes=fed.min_clients,
+        node_wait_timeout_s=fed.node_wait_timeout_s,
         transport_dtype=fed.transport_dtype,
     )
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)

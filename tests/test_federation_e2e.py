@@ -1,0 +1,160 @@
+"""End to end through a real Flower SuperLink (simulation runtime): tiny-run and simulate.
+
+These runs use the tiny SmolVLA and zk0's generated SO-101 datasets; each takes about a
+minute on 2 cores. Fault injection (ZK0_FAULT_INJECTION) reaches the ClientApps through
+the environment of the SuperLink zk0 starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from zk0cli.cli.app import app
+from zk0cli.core.rundir import RunDir, read_json
+
+pytestmark = pytest.mark.slow
+
+POLICY_FILES = {"config.json", "model.safetensors", "policy_preprocessor.json",
+                "policy_postprocessor.json", "README.md", "metrics.json", "manifest.json"}
+
+
+MARK = "ZK0_E2E_MARK"
+
+
+@pytest.fixture(autouse=True)
+def _mark_processes(monkeypatch):
+    """Tag every process this test starts (the environment is inherited) so that leftover
+    SuperLink, SuperExec or Ray processes can be found whatever else runs on the machine."""
+    monkeypatch.setenv(MARK, str(os.getpid()))
+
+
+def flower_processes():
+    """Processes started by this test (through the environment tag) that are still alive."""
+    me = psutil.Process()
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.info["pid"] == me.pid:
+            continue
+        try:
+            if p.environ().get(MARK) == str(me.pid) and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(" ".join(p.info["cmdline"] or [])[:120])
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+    return out
+
+
+def simulate(tmp_path, *args, env=None, monkeypatch=None):
+    out = tmp_path / "run"
+    if env:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    res = CliRunner().invoke(app, ["simulate", "--preset", "tiny", "--out", str(out), *args])
+    return res, RunDir(out)
+
+
+def test_tiny_run_writes_the_whole_run_directory(tmp_path):
+    out = tmp_path / "tiny"
+    res = subprocess.run([sys.executable, "-m", "zk0cli", "tiny-run", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "tiny-run: all phases passed" in res.stdout
+    rd = RunDir(out)
+    run = read_json(rd.run_json)
+    assert run["status"] == "completed" and run["rounds_completed"] == 1
+    assert run["versions"]["flwr"] == "1.42.0"
+    assert read_json(rd.config_json)["model"]["kind"] == "tiny"
+    assert set(read_json(rd.policy_loss_history)) == {"0", "1"}
+    assert [r["round"] for r in read_json(rd.federated_metrics)] == [0, 1]
+    r1 = read_json(rd.server_eval(1))
+    assert r1["aggregated"] and r1["client_aggregated_training_metrics"]["num_clients"] == 2
+    assert {"lift", "pick_place"} == {m["dataset_name"]
+                                      for m in r1["individual_client_training_metrics"]}
+    for cid in ("0", "1"):
+        assert read_json(rd.client_round(cid, 1))["status"] == "ok"
+    ckpt = rd.latest_checkpoint()
+    assert ckpt == rd.checkpoint(1)
+    assert POLICY_FILES <= {p.name for p in ckpt.iterdir()}
+    assert (rd.report_dir / "summary.json").is_file()
+
+    # The checkpoint is a LeRobot policy directory: it reloads offline, tensors identical.
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from safetensors.torch import load_file
+
+    from zk0cli.core.policy import load_bundle
+
+    bundle = load_bundle(ckpt)
+    assert isinstance(bundle.policy, SmolVLAPolicy)
+    saved = load_file(ckpt / "model.safetensors")
+    state = bundle.policy.state_dict()
+    assert set(saved) <= set(state)
+    for k, v in saved.items():
+        assert (state[k].cpu() == v).all(), k
+    assert flower_processes() == []
+
+
+def test_simulate_three_clients_three_rounds(tmp_path):
+    res, rd = simulate(tmp_path, "--rounds", "3", "--clients", "3")
+    assert res.exit_code == 0, res.output
+    assert rd.server_eval_rounds() == [0, 1, 2, 3]
+    assert set(read_json(rd.policy_loss_history)) == {"0", "1", "2", "3"}
+    for rnd in (1, 2, 3):
+        f = read_json(rd.server_eval(rnd))
+        clients = f["individual_client_training_metrics"]
+        assert sorted(c["client_id"] for c in clients) == ["0", "1", "2"]
+        assert all(c["fedprox_loss"] > 0 for c in clients)  # mu = 0.01 reached the clients
+        assert f["proximal_mu"] == pytest.approx(0.01)
+        assert f["failures"] == []
+    assert rd.checkpoint_rounds() == [1, 2, 3] and rd.latest_checkpoint() == rd.checkpoint(3)
+    assert read_json(rd.run_json)["status"] == "completed"
+    assert flower_processes() == []
+
+
+def test_mu_zero_and_a_client_that_raises(tmp_path, monkeypatch):
+    res, rd = simulate(tmp_path, "--rounds", "2", "--clients", "2",
+                       "--set", "federation.proximal_mu=0", "--set", "federation.min_clients=1",
+                       env={"ZK0_FAULT_INJECTION": json.dumps({"1": "raise"})},
+                       monkeypatch=monkeypatch)
+    assert res.exit_code == 0, res.output
+    for rnd in (1, 2):
+        f = read_json(rd.server_eval(rnd))
+        assert f["aggregated"]
+        [ok] = f["individual_client_training_metrics"]
+        assert ok["client_id"] == "0" and ok["fedprox_loss"] == 0.0  # mu = 0: exactly zero
+        [failure] = f["failures"]
+        assert failure["client_id"] == "1"
+        assert "RuntimeError: injected client failure" in failure["reason"]
+        assert read_json(rd.client_round("1", rnd))["status"] == "failed"
+    assert read_json(rd.run_json)["status"] == "completed"
+
+
+def test_every_client_failing_ends_the_run_failed(tmp_path, monkeypatch):
+    res, rd = simulate(tmp_path, "--rounds", "2", "--clients", "2",
+                       "--set", "federation.round_timeout_s=120",
+                       env={"ZK0_FAULT_INJECTION": json.dumps({"*": "raise"})},
+                       monkeypatch=monkeypatch)
+    assert res.exit_code == 1, res.output
+    run = read_json(rd.run_json)
+    assert run["status"] == "failed"
+    assert "every client failed" in run["error"]
+    for rnd in (1, 2):
+        f = read_json(rd.server_eval(rnd))
+        assert not f["aggregated"] and len(f["failures"]) == 2
+    # The previous (initial) global model is kept: no checkpoint of an unchanged model.
+    assert rd.latest_checkpoint() is None
+    assert flower_processes() == []
+
+
+def test_out_that_exists_is_refused(tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
+    res = CliRunner().invoke(app, ["simulate", "--preset", "tiny", "--out", str(out)])
+    assert res.exit_code == 2 and "already exists" in res.output
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
+    assert sorted(p.name for p in Path(out).iterdir()) == ["keep.txt"]

@@ -1,0 +1,476 @@
+"""``zk0 train``: the zk0 Flower app on Flower's deployment engine (SuperLink + SuperNodes).
+
+zk0 runs Flower's own processes (``flower-superlink``, ``flower-supernode``, ``flwr``) and
+reports each exact command through ``on_command``, so operators can run Flower directly
+later. TLS is the default; SuperNode authentication registers each node's public key
+with the SuperLink (``flwr supernode register``).
+
+* :func:`run_deployment` submits the zk0 app to a running SuperLink and follows the run
+  directory, like ``zk0 simulate`` (the ServerApp runs on the SuperLink's machine and
+  writes the run directory there: run ``zk0 train`` on the coordinator).
+* :func:`run_local_trial` starts a SuperLink and K SuperNodes on this machine, each node
+  with its own dataset from ``data.clients``, runs the federation, and stops every
+  process it started, also on Ctrl-C or an exception.
+* :func:`serve_superlink` / :func:`serve_supernode` run one Flower process in the
+  foreground for ``zk0 train superlink`` / ``zk0 train supernode``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from zk0cli import constants as K
+from zk0cli.core.config import RunConfig
+from zk0cli.core.rundir import RunDir
+from zk0cli.engine.certs import TlsFiles, make_certificates, make_node_keys, node_key_paths
+from zk0cli.engine.deploy_options import (
+    ConnectionOptions,
+    LocalTrialOptions,
+    SuperLinkOptions,
+    SuperNodeOptions,
+    parse_address,
+)
+from zk0cli.engine.flwr_proc import (
+    FlowerHome,
+    flower_bin,
+    flower_env,
+    flwr_command,
+    free_port,
+    make_app_dir,
+    register_node,
+    start_process,
+    stop_run,
+    stop_tree,
+    submit_run,
+    tail,
+    wait_for_port,
+)
+from zk0cli.engine.runs import ProgressFn, follow_run, mark_interrupted
+from zk0cli.errors import FederationError, NodeRefusedError, SuperLinkConnectionError, UsageError
+from zk0cli.log import logger
+
+CommandFn = Callable[[str], None]
+#: What Flower logs when the SuperLink refuses an unregistered node key.
+REFUSED_MARKERS: tuple[str, ...] = ("Exit Code: 305", "Failed to activate SuperNode")
+
+
+def _announce(cmd: Sequence[str] | str, on_command: CommandFn | None) -> None:
+    line = cmd if isinstance(cmd, str) else shlex.join(cmd)
+    if on_command is not None:
+        on_command(line)
+    else:
+        logger.info("running: %s", line)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def superlink_command(opts: SuperLinkOptions, *, database: Path | None = None) -> list[str]:
+    """The ``flower-superlink`` command line for these options."""
+    cmd = [flower_bin("flower-superlink")]
+    tls = opts.tls
+    if tls is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+                "--ssl-keyfile", str(tls.server_key)]
+    if opts.auth:
+        cmd.append("--enable-supernode-auth")
+    cmd += ["--host", opts.host, "--port", str(opts.port),
+            "--disable-runtime-dependency-installation"]
+    db = database or opts.database
+    if db is not None:
+        cmd += ["--database", str(db)]
+    return cmd
+
+
+def node_config_arg(*, dataset: str, dataset_root: Path | None, client_id: str | None) -> str:
+    """Flower ``--node-config`` text telling the zk0 ClientApp which dataset to train on."""
+    parts = [f'{K.NODE_DATASET_KEY}="{dataset}"']
+    if dataset_root is not None:
+        parts.append(f'{K.NODE_DATASET_ROOT_KEY}="{dataset_root}"')
+    if client_id is not None:
+        parts.append(f"{K.PARTITION_ID_KEY}={client_id}" if client_id.isdigit()
+                     else f'{K.PARTITION_ID_KEY}="{client_id}"')
+    return " ".join(parts)
+
+
+def supernode_command(opts: SuperNodeOptions) -> list[str]:
+    """The ``flower-supernode`` command line for these options."""
+    cmd = [flower_bin("flower-supernode"), "--superlink", opts.superlink]
+    if opts.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(opts.root_certificates)]
+    if opts.auth_key is not None:
+        cmd += ["--auth-supernode-private-key", str(opts.auth_key)]
+    if opts.port is not None:
+        cmd += ["--port", str(opts.port)]
+    cmd += ["--node-config", node_config_arg(dataset=opts.dataset,
+                                             dataset_root=opts.dataset_root,
+                                             client_id=opts.client_id)]
+    return cmd
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+def probe_superlink(conn: ConnectionOptions, *, timeout_s: float = 5.0) -> None:
+    """Check that the SuperLink answers, with TLS or plain HTTP as configured.
+
+    With TLS, its certificate must verify against ``conn.root_certificates`` for the host.
+
+    Raises:
+        SuperLinkConnectionError: Unreachable, TLS on one side only, or a certificate that
+            does not verify; the message names the address and what to check.
+    """
+    host, port = parse_address(conn.superlink)
+    addr = conn.superlink
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as err:
+        raise SuperLinkConnectionError(addr, (
+            f"cannot reach the SuperLink at {addr} ({err.strerror or err}). Check that "
+            "`zk0 train superlink` (flower-superlink) runs there, that the host and port are "
+            f"right, and that a firewall lets TCP port {port} through to it.")) from None
+    with sock:
+        if conn.root_certificates is None:
+            _probe_plain(sock, addr)
+            return
+        ctx = ssl.create_default_context(cafile=str(conn.root_certificates))
+        try:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return
+        except ssl.SSLCertVerificationError as err:
+            raise SuperLinkConnectionError(addr, (
+                f"the SuperLink at {addr} presented a certificate that does not verify "
+                f"against {conn.root_certificates} ({err.verify_message}). Check that "
+                "--root-certificates is the ca.crt of that SuperLink's certificates and that "
+                f"its server certificate was made for {host!r} "
+                f"(`zk0 train certs --host {host}`).")) from None
+        except (ssl.SSLError, OSError) as err:
+            raise SuperLinkConnectionError(addr, (
+                f"TLS handshake with the SuperLink at {addr} failed ({err}). It probably runs "
+                "without TLS (--insecure): start it with --tls-dir, or connect with "
+                "--insecure on a trusted network.")) from None
+
+
+def _probe_plain(sock: socket.socket, addr: str) -> None:
+    try:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: zk0\r\n\r\n")
+        head = sock.recv(5)
+    except OSError:
+        head = b""
+    if not head.startswith(b"HTTP/"):
+        raise SuperLinkConnectionError(addr, (
+            f"the SuperLink at {addr} does not answer plain HTTP: it probably uses TLS. "
+            "Connect with --root-certificates ca.crt (its CA) instead of --insecure."))
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def start_superlink(opts: SuperLinkOptions, *, work: Path, log_path: Path,
+                    on_command: CommandFn | None = None, timeout_s: float = 60.0
+                    ) -> subprocess.Popen[Any]:
+    """Start a deployment SuperLink and wait until its port is open.
+
+    Raises:
+        FederationError: It exited or did not listen in time (with the end of its log).
+    """
+    cmd = superlink_command(opts, database=opts.database or work / "superlink.db")
+    _announce(cmd, on_command)
+    proc = start_process(cmd, env=flower_env({"FLWR_HOME": str(work / "superlink_home")}),
+                         log_path=log_path, cwd=work)
+    probe_host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+    try:
+        wait_for_port(probe_host, opts.port, timeout_s=timeout_s, proc=proc, log_file=log_path)
+    except BaseException:
+        stop_tree(proc)
+        raise
+    return proc
+
+
+def start_supernode(opts: SuperNodeOptions, *, log_path: Path, home: Path,
+                    on_command: CommandFn | None = None, settle_s: float = 4.0
+                    ) -> subprocess.Popen[Any]:
+    """Start a SuperNode; fail fast if the SuperLink refuses it within ``settle_s``.
+
+    Raises:
+        NodeRefusedError: Its key is not registered (Flower exit 305).
+        FederationError: It exited for another reason.
+    """
+    cmd = supernode_command(opts)
+    _announce(cmd, on_command)
+    home.mkdir(parents=True, exist_ok=True)
+    proc = start_process(cmd, env=flower_env({"FLWR_HOME": str(home)}), log_path=log_path,
+                         cwd=home.parent)
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise supernode_exit_error(opts.superlink, log_path, proc.returncode)
+    return proc
+
+
+def supernode_exit_error(address: str, log_path: Path, code: int | None) -> FederationError:
+    """The error for a SuperNode that exited: refused (305) or anything else."""
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    if any(m in text for m in REFUSED_MARKERS):
+        return NodeRefusedError(
+            f"the SuperLink at {address} refused this SuperNode (Flower exit code 305): its "
+            "public key is not registered. On the coordinator run `zk0 train register "
+            f"node-<i>.pub --superlink {address} --root-certificates ca.crt`, then start the "
+            f"node again.{tail(log_path, 8)}")
+    return FederationError(f"the SuperNode for {address} exited with code {code}."
+                           f"{tail(log_path)}")
+
+
+def register_public_keys(conn: ConnectionOptions, keys: Sequence[Path], *, home: Path,
+                         on_command: CommandFn | None = None) -> list[int]:
+    """Register node public keys with a SuperLink (``flwr supernode register``).
+
+    Returns:
+        The Flower node ids, in the order of ``keys``.
+
+    Raises:
+        SuperLinkConnectionError: The SuperLink cannot be reached.
+        FederationError: It refused a key (already registered, or auth is off).
+    """
+    probe_superlink(conn)
+    fh = FlowerHome(home, conn.superlink, conn.root_certificates)
+    fh.write()
+    ids = []
+    for key in keys:
+        args = ["supernode", "register", str(key), "zk0", "--format", "json"]
+        _announce(flwr_command(args, fh), on_command)
+        ids.append(register_node(fh, key))
+    return ids
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+def run_deployment(config: RunConfig, rundir: RunDir, *, superlink: str,
+                   root_certificates: Path | None, on_progress: ProgressFn | None = None,
+                   on_command: CommandFn | None = None, is_alive: Callable[[], bool] | None
+                   = None) -> str:
+    """Submit the zk0 app to a deployment SuperLink and follow it; returns the final status.
+
+    Args:
+        config: The validated configuration (``config.json`` is already in ``rundir``).
+        rundir: The run directory (must be on the machine where the ServerApp runs).
+        superlink: ``HOST:PORT`` of the SuperLink.
+        root_certificates: Its CA certificate, or ``None`` for an insecure SuperLink.
+        on_progress: Called about once a second with the run's progress.
+        on_command: Receives every Flower command line run.
+        is_alive: Extra liveness check (a local SuperLink process).
+
+    Raises:
+        SuperLinkConnectionError: Unreachable SuperLink or TLS mismatch.
+        FederationError: The SuperLink refused the run.
+        KeyboardInterrupt: After stopping the Flower run and marking the run interrupted.
+    """
+    conn = ConnectionOptions(superlink=superlink, root_certificates=root_certificates,
+                             insecure=root_certificates is None)
+    probe_superlink(conn)
+    work = Path(tempfile.mkdtemp(prefix="zk0-train-"))
+    home = FlowerHome(work / "flwr_home", superlink, root_certificates)
+    home.write()
+    run_id: int | None = None
+    try:
+        app_dir = make_app_dir(work / "app")
+        run_config = {K.RUN_CONFIG_PATH_KEY: str(rundir.config_json),
+                      K.RUN_DIR_KEY: str(rundir.root)}
+        args = ["run", str(app_dir), "zk0", "--run-config",
+                " ".join(f'{k}="{v}"' for k, v in run_config.items())]
+        _announce(flwr_command(args, home), on_command)
+        run_id = submit_run(home, app_dir, run_config=run_config)
+        rundir.update_run(flower_run_id=str(run_id), superlink=superlink,
+                          tls=root_certificates is not None)
+        logger.info("submitted Flower run %s to the SuperLink at %s", run_id, superlink)
+        return follow_run(rundir, home, run_id, config, on_progress=on_progress,
+                          is_alive=is_alive)
+    except KeyboardInterrupt:
+        if run_id is not None:
+            stop_run(home, run_id)
+        mark_interrupted(rundir)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | None,
+                       keys: Sequence[Path | None]) -> list[SuperNodeOptions]:
+    """SuperNode options for a local trial: node i trains on ``data.clients[i]``.
+
+    Raises:
+        UsageError: ``data.partition = "episodes"`` or fewer datasets than nodes.
+    """
+    from zk0cli.core.data import resolve_dataset
+
+    n = len(keys)
+    if config.data.partition != "dataset":
+        raise UsageError("--local-nodes needs data.partition = 'dataset' (each SuperNode gets "
+                         "its own data.clients entry); set --set data.partition=dataset.")
+    if n > len(config.data.clients):
+        raise UsageError(f"--local-nodes {n} needs {n} entries in data.clients, the config "
+                         f"has {len(config.data.clients)}.")
+    out = []
+    for i, key in enumerate(keys):
+        ref = resolve_dataset(config.data.clients[i], config.data.sim)
+        out.append(SuperNodeOptions(
+            superlink=superlink, root_certificates=tls.ca_cert if tls else None,
+            insecure=tls is None, dataset=ref.repo_id, dataset_root=ref.root, auth_key=key,
+            port=free_port(), client_id=str(i)))
+    return out
+
+
+def run_local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, *,
+                    on_progress: ProgressFn | None = None,
+                    on_command: CommandFn | None = None) -> str:
+    """A whole deployment on this machine: SuperLink, K SuperNodes, the run, then stop all.
+
+    TLS uses ``opts.tls_dir`` or a throwaway CA made for this trial (unless insecure);
+    with ``opts.auth`` each node's key is registered before it starts. Logs of every
+    process go to ``<run dir>/logs/``.
+
+    Returns:
+        The run's final status (``completed`` or ``failed``).
+
+    Raises:
+        FederationError: A process could not start, or a node was refused.
+        KeyboardInterrupt: After stopping everything and marking the run interrupted.
+    """
+    work = Path(tempfile.mkdtemp(prefix="zk0-trial-"))
+    logs = rundir.root / "logs"
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        tls: TlsFiles | None = None
+        if not opts.insecure:
+            tls = TlsFiles.in_dir(opts.tls_dir) if opts.tls_dir else \
+                make_certificates(work / "certs", hosts=["localhost"]).tls
+        keys: list[Path | None] = [None] * opts.nodes
+        if opts.auth:
+            keys = [_node_key(opts.tls_dir, work / "certs", i) for i in range(1, opts.nodes + 1)]
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        nodes = local_node_options(config, superlink=address, tls=tls, keys=keys)
+        sl_opts = SuperLinkOptions(host="127.0.0.1", port=port, tls_dir=opts.tls_dir or
+                                   (work / "certs" if tls else None), insecure=tls is None,
+                                   auth=opts.auth)
+        superlink = start_superlink(sl_opts, work=work, log_path=logs / "superlink.log",
+                                    on_command=on_command)
+        procs.append(superlink)
+        if opts.auth:
+            conn = ConnectionOptions(superlink=address, root_certificates=tls.ca_cert if tls
+                                     else None, insecure=tls is None)
+            register_public_keys(conn, [node_key_paths(Path(k).parent, i + 1).public_key
+                                        for i, k in enumerate(keys) if k is not None],
+                                 home=work / "admin_home", on_command=on_command)
+        for i, node in enumerate(nodes):
+            procs.append(start_supernode(node, log_path=logs / f"supernode_{i}.log",
+                                         home=work / f"node_{i}" / "flwr_home",
+                                         on_command=on_command, settle_s=0.5))
+        return run_deployment(config, rundir, superlink=address,
+                              root_certificates=tls.ca_cert if tls else None,
+                              on_progress=on_progress, on_command=on_command,
+                              is_alive=lambda: superlink.poll() is None)
+    finally:
+        for proc in reversed(procs):  # nodes first, then the SuperLink
+            stop_tree(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _node_key(tls_dir: Path | None, fresh_dir: Path, index: int) -> Path:
+    """Node ``index``'s private key: from ``tls_dir`` if there, else made in ``fresh_dir``."""
+    if tls_dir is not None and node_key_paths(tls_dir, index).private_key.is_file():
+        return node_key_paths(tls_dir, index).private_key
+    fresh_dir.mkdir(parents=True, exist_ok=True)
+    return make_node_keys(fresh_dir, index).private_key
+
+
+# --- foreground services ------------------------------------------------------------------
+
+
+def serve_superlink(opts: SuperLinkOptions, *, state_dir: Path,
+                    on_command: CommandFn | None = None,
+                    on_ready: Callable[[], None] | None = None) -> int:
+    """Run a SuperLink until it exits or Ctrl-C; returns its exit code.
+
+    Raises:
+        FederationError: It did not start.
+        KeyboardInterrupt: After stopping it.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    proc = start_superlink(opts, work=state_dir, log_path=state_dir / "superlink.log",
+                           on_command=on_command)
+    try:
+        if on_ready:
+            on_ready()
+        return proc.wait()
+    finally:
+        stop_tree(proc)
+
+
+def serve_supernode(opts: SuperNodeOptions, *, state_dir: Path,
+                    on_command: CommandFn | None = None,
+                    on_ready: Callable[[], None] | None = None) -> int:
+    """Probe the SuperLink, then run a SuperNode until it exits or Ctrl-C.
+
+    Returns:
+        0 when it was stopped cleanly.
+
+    Raises:
+        SuperLinkConnectionError: The SuperLink cannot be reached or TLS fails.
+        NodeRefusedError: The SuperLink refused the node's key.
+        FederationError: The node exited with an error.
+        KeyboardInterrupt: After stopping it.
+    """
+    probe_superlink(opts)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "supernode.log"
+    proc = start_supernode(opts, log_path=log_path, home=state_dir / "flwr_home",
+                           on_command=on_command)
+    try:
+        if on_ready:
+            on_ready()
+        code = proc.wait()
+        if code != 0:
+            raise supernode_exit_error(opts.superlink, log_path, code)
+        return code
+    finally:
+        stop_tree(proc)
+
+
+def prepare_coordinator_datasets(config: RunConfig) -> list[str]:
+    """Resolve the datasets the coordinator's ServerApp reads.
+
+    These are ``data.eval``, else the first client dataset (the model's features come
+    from it). Client datasets stay private at the sites; the server skips their held-out episodes
+    when it cannot open them.
+
+    Returns:
+        Display names of the datasets resolved.
+
+    Raises:
+        DatasetError: One of them cannot be opened.
+    """
+    from zk0cli.core import data as D
+
+    specs = list(config.data.eval) or [config.data.clients[0]]
+    names = []
+    for spec in specs:
+        ref = D.resolve_dataset(spec, config.data.sim)
+        D.load_metadata(ref)
+        names.append(ref.name)
+    return names
