@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import FedProx
 from zk0cli import constants as K
 from zk0cli.core.transport import (
     TensorSpec,
+    TransportDtype,
     WeightedMean,
     from_array_record,
     tensor_problems,
@@ -199,6 +200,9 @@ class Zk0FedProx(FedProx):
         min_available_nodes: Nodes that must be connected before a round starts.
         node_wait_timeout_s: Seconds to wait for ``min_available_nodes`` before sampling
             from the connected nodes or skipping the round; ``None`` waits forever.
+        transport_dtype: Wire dtype of the global tensors sent to clients (see
+            :func:`~zk0cli.core.transport.to_array_record`); replies are decoded whatever
+            dtype they travelled in.
     """
 
     def __init__(
@@ -212,6 +216,7 @@ class Zk0FedProx(FedProx):
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
         node_wait_timeout_s: float | None = None,
+        transport_dtype: TransportDtype = "float32",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -225,6 +230,7 @@ class Zk0FedProx(FedProx):
             proximal_mu=proximal_mu,
         )
         self.expected = dict(expected)
+        self.transport_dtype: TransportDtype = transport_dtype
         self.lr_for_round = lr_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
@@ -327,7 +333,7 @@ class Zk0FedProx(FedProx):
             if problems:
                 note = "aggregated model rejected, previous kept: " + "; ".join(problems)
             else:
-                arrays = to_array_record(mean)
+                arrays = to_array_record(mean, transport_dtype=self.transport_dtype)
                 agg = aggregate_client_metrics(reports)
                 metrics = MetricRecord({k: float(v) for k, v in agg.items()})
         else:

@@ -120,7 +120,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     from zk0cli.core.evaluation import ServerEvaluator
     from zk0cli.core.policy import get_trainable_state
     from zk0cli.core.strategy import Zk0FedProx
-    from zk0cli.core.transport import specs_of, to_array_record
+    from zk0cli.core.transport import from_array_record, specs_of, to_array_record
 
     evaluator = ServerEvaluator.from_config(cfg)
     initial = get_trainable_state(evaluator.bundle.policy)
@@ -132,9 +132,10 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         from zk0cli.core.resume import load_global_tensors
 
         initial = load_global_tensors(Path(resume["checkpoint"]), list(initial))
-        evaluator.set_global(initial)
         logger.info("resuming after round %s from %s", offset, resume["checkpoint"])
     fed = cfg.federation
+    initial_arrays = to_array_record(initial, transport_dtype=fed.transport_dtype)
+    evaluator.set_global(from_array_record(initial_arrays))  # what clients get (bf16-rounded)
     strategy = Zk0FedProx(
         expected=specs_of(initial),
         proximal_mu=fed.proximal_mu,
@@ -144,10 +145,11 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         min_train_nodes=fed.min_clients,
         min_available_nodes=fed.min_clients,
         node_wait_timeout_s=fed.node_wait_timeout_s,
+        transport_dtype=fed.transport_dtype,
     )
     strategy.round_offset = offset
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
-    strategy.start(grid=grid, initial_arrays=to_array_record(initial),
+    strategy.start(grid=grid, initial_arrays=initial_arrays,
                    num_rounds=fed.rounds - offset, timeout=fed.round_timeout_s,
                    evaluate_fn=hook)
 
