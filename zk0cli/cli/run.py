@@ -120,8 +120,13 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     return rundir
 
 
-def _load(config: Path | None, preset: str | None, sets: list[str] | None,
-          flags: dict[str, object]) -> RunConfig:
+def load_run_config(config: Path | None, preset: str | None, sets: list[str] | None,
+                    flags: dict[str, object]) -> RunConfig:
+    """Build the run configuration from ``--config``/``--preset``, ``--set`` and flags.
+
+    Raises:
+        ConfigError: Listing every invalid field.
+    """
     from zk0cli.core.config import load_config
 
     return load_config(preset=preset, config_file=config, overrides=sets or [], flags=flags)
@@ -173,7 +178,7 @@ def simulate(
             rundir, cfg = load_for_resume(resume, config, set_, flags)
             run_local_federation(cfg, out=None, command="simulate", rundir=rundir)
         else:
-            cfg = _load(config, preset, set_, flags)
+            cfg = load_run_config(config, preset, set_, flags)
             run_local_federation(cfg, out=out, command="simulate")
     raise typer.Exit(EXIT_OK)
 
@@ -202,7 +207,7 @@ def tiny_run(
                 from zk0cli.errors import UsageError
 
                 raise UsageError("--push needs --repo-id user/model; nothing was pushed.")
-            cfg = _load(config, None if config else "tiny", set_,
+            cfg = load_run_config(config, None if config else "tiny", set_,
                         {"federation.rounds": rounds, "federation.num_clients": clients})
         phase = "federation"
         with handle_errors(phase):

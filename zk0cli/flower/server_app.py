@@ -106,7 +106,8 @@ class RoundHook:
                 f"could not write the checkpoint of round {server_round} under "
                 f"{self.rundir.models_dir} ({err}); the previous checkpoint ({kept}) and "
                 "models/latest are intact. Free disk space, then continue with "
-                f"`zk0 simulate --resume {self.rundir.root}`."
+                f"`zk0 simulate --resume {self.rundir.root}` (or `zk0 train --resume ...` for a "
+                "deployment)."
             ) from err
         self.changed_since_checkpoint = False
 
