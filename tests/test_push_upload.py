@@ -191,3 +191,23 @@ def test_offline_mode_is_an_error_not_a_silent_success(
     assert result.exit_code == 1
     assert "HF_HUB_OFFLINE" in result.output
     assert hub.state.requests == []
+
+
+def test_tiny_run_push_phase_uploads_through_the_same_path(
+    online: None, run: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiny-run's --push phase: validated upload with the token; none without one."""
+    from rich.console import Console
+
+    from zk0cli.engine import tiny_run
+    from zk0cli.errors import HubAuthError
+
+    ckpt = run.checkpoint(3)
+    with LocalHub() as hub:
+        tiny_run.push(ckpt, repo_id=REPO, console=Console(), endpoint=hub.url)
+        assert hub.state.repos[REPO].files == manifest_files(ckpt)
+    monkeypatch.delenv("HF_TOKEN")
+    with LocalHub() as hub:
+        with pytest.raises(HubAuthError):
+            tiny_run.push(ckpt, repo_id=REPO, console=Console(), endpoint=hub.url)
+        assert hub.state.requests == []

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from zk0cli import __version__
-from zk0cli.cli import analyze, data, hub, release, run
+from zk0cli.cli import analyze, config_cmd, data, hub, release, run
 from zk0cli.cli import train as train_cmd
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ app.command("analyze-run")(analyze.analyze_run)
 app.command("push")(hub.push)
 app.command("release")(release.release)
 app.add_typer(data.app, name="data")
+app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:

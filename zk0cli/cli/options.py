@@ -33,3 +33,9 @@ OutOpt = Annotated[
     typer.Option("--out", help="Run directory to create (default outputs/<timestamp>).",
                  show_default=False),
 ]
+ResumeOpt = Annotated[
+    Path | None,
+    typer.Option("--resume", help="Continue this run directory from its newest complete "
+                 "checkpoint (its config.json, plus --rounds/--set changes).",
+                 show_default=False),
+]

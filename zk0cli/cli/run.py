@@ -13,7 +13,15 @@ from rich.live import Live
 from rich.table import Table
 
 from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors
-from zk0cli.cli.options import ClientsOpt, ConfigOpt, OutOpt, PresetOpt, RoundsOpt, SetOpt
+from zk0cli.cli.options import (
+    ClientsOpt,
+    ConfigOpt,
+    OutOpt,
+    PresetOpt,
+    ResumeOpt,
+    RoundsOpt,
+    SetOpt,
+)
 
 if TYPE_CHECKING:
     from zk0cli.core.config import RunConfig
@@ -59,8 +67,15 @@ def summary_table(rundir: RunDir) -> Table:
     return t
 
 
-def run_local_federation(config: RunConfig, *, out: Path | None, command: str) -> RunDir:
+def run_local_federation(config: RunConfig, *, out: Path | None, command: str,
+                         rundir: RunDir | None = None) -> RunDir:
     """Validate, prepare data, run the simulation with a live display; return the run dir.
+
+    Args:
+        config: The validated configuration.
+        out: Run directory to create (``None``: ``outputs/<timestamp>``).
+        command: Recorded in ``run.json``.
+        rundir: An existing run directory prepared for a resume (then ``out`` is unused).
 
     Raises:
         typer.Exit: With 1 when the run did not complete, 130 when interrupted.
@@ -71,7 +86,8 @@ def run_local_federation(config: RunConfig, *, out: Path | None, command: str) -
 
     with console.status("preparing datasets...") as status:
         prepare_datasets(config, on_dataset=lambda n: status.update(f"preparing dataset {n}..."))
-    rundir = create_run(config, out=out, command=command, engine="simulation")
+    if rundir is None:
+        rundir = create_run(config, out=out, command=command, engine="simulation")
     par = parallelism(config)
     console.print(f"run directory: {rundir.root}")
     console.print(f"{config.num_clients} clients, {config.federation.rounds} round(s); "
@@ -104,11 +120,40 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     return rundir
 
 
-def _load(config: Path | None, preset: str | None, sets: list[str] | None,
-          flags: dict[str, object]) -> RunConfig:
+def load_run_config(config: Path | None, preset: str | None, sets: list[str] | None,
+                    flags: dict[str, object]) -> RunConfig:
+    """Build the run configuration from ``--config``/``--preset``, ``--set`` and flags.
+
+    Raises:
+        ConfigError: Listing every invalid field.
+    """
     from zk0cli.core.config import load_config
 
     return load_config(preset=preset, config_file=config, overrides=sets or [], flags=flags)
+
+
+def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
+                    flags: dict[str, object]) -> tuple[RunDir, RunConfig]:
+    """Open a run directory to resume and build its continued configuration.
+
+    The run's own ``config.json`` (or ``--config``) plus ``--set`` and flags, checked
+    against the checkpoint by :func:`zk0cli.core.resume.prepare_resume`.
+
+    Raises:
+        RunDirError: ``run`` is not a run directory or has no complete checkpoint.
+        UsageError: The configuration changed in a way the checkpoint cannot carry over.
+    """
+    from zk0cli.core.config import load_config
+    from zk0cli.core.resume import prepare_resume
+    from zk0cli.core.rundir import RunDir, read_json
+
+    rundir = RunDir.open(run)
+    base = read_json(rundir.config_json)
+    cfg = load_config(config_file=config, base=base, overrides=sets or [], flags=flags)
+    point = prepare_resume(rundir, cfg)
+    console.print(f"resuming {rundir.root} after round {point.server_round} "
+                  f"({point.checkpoint.name})")
+    return rundir, cfg
 
 
 def simulate(
@@ -118,12 +163,23 @@ def simulate(
     clients: ClientsOpt = None,
     out: OutOpt = None,
     set_: SetOpt = None,
+    resume: ResumeOpt = None,
 ) -> None:
     """Run N virtual clients on this machine through a local Flower SuperLink."""
     with handle_errors():
-        cfg = _load(config, preset, set_, {"federation.rounds": rounds,
-                                           "federation.num_clients": clients})
-        run_local_federation(cfg, out=out, command="simulate")
+        flags: dict[str, object] = {"federation.rounds": rounds,
+                                    "federation.num_clients": clients}
+        if resume is not None:
+            if out is not None or preset is not None:
+                from zk0cli.errors import UsageError
+
+                raise UsageError("--resume continues the given run directory: drop --out "
+                                 "and --preset (the run's config.json is the base).")
+            rundir, cfg = load_for_resume(resume, config, set_, flags)
+            run_local_federation(cfg, out=None, command="simulate", rundir=rundir)
+        else:
+            cfg = load_run_config(config, preset, set_, flags)
+            run_local_federation(cfg, out=out, command="simulate")
     raise typer.Exit(EXIT_OK)
 
 
@@ -151,7 +207,7 @@ def tiny_run(
                 from zk0cli.errors import UsageError
 
                 raise UsageError("--push needs --repo-id user/model; nothing was pushed.")
-            cfg = _load(config, None if config else "tiny", set_,
+            cfg = load_run_config(config, None if config else "tiny", set_,
                         {"federation.rounds": rounds, "federation.num_clients": clients})
         phase = "federation"
         with handle_errors(phase):

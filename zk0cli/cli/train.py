@@ -14,7 +14,15 @@ from typing import Annotated
 import typer
 
 from zk0cli.cli.errors import EXIT_OK, handle_errors
-from zk0cli.cli.options import ClientsOpt, ConfigOpt, OutOpt, PresetOpt, RoundsOpt, SetOpt
+from zk0cli.cli.options import (
+    ClientsOpt,
+    ConfigOpt,
+    OutOpt,
+    PresetOpt,
+    ResumeOpt,
+    RoundsOpt,
+    SetOpt,
+)
 from zk0cli.cli.run import console
 
 app = typer.Typer(help="Run a real federation on a Flower SuperLink and SuperNodes "
@@ -59,6 +67,7 @@ def train(
                                  show_default=False)] = None,
     tls_dir: TlsDirOpt = None,
     auth: AuthOpt = False,
+    resume: ResumeOpt = None,
 ) -> None:
     """Submit the zk0 app to a SuperLink (run this on the coordinator), or run a local trial.
 
@@ -67,7 +76,7 @@ def train(
     if ctx.invoked_subcommand is not None:
         return
     with handle_errors():
-        from zk0cli.cli.run import _load, run_with_display
+        from zk0cli.cli.run import load_for_resume, load_run_config, run_with_display
         from zk0cli.engine import deploy as D
         from zk0cli.engine.deploy_options import (
             ConnectionOptions,
@@ -77,6 +86,9 @@ def train(
         from zk0cli.engine.runs import create_run
         from zk0cli.errors import UsageError
 
+        if resume is not None and (out is not None or preset is not None):
+            raise UsageError("--resume continues the given run directory: drop --out and "
+                             "--preset (the run's config.json is the base).")
         if (superlink is None) == (local_nodes is None):
             raise UsageError("give exactly one of --superlink HOST:PORT (a running SuperLink) "
                              "or --local-nodes K (a trial on this machine).")
@@ -86,13 +98,18 @@ def train(
                                  "use --tls-dir (or nothing for a throwaway CA).")
             trial = validate_options(LocalTrialOptions, nodes=local_nodes, tls_dir=tls_dir,
                                      insecure=insecure, auth=auth)
-            cfg = _load(config, preset, set_, {"federation.rounds": rounds,
-                                               "federation.num_clients": clients or local_nodes})
+            flags = {"federation.rounds": rounds,
+                     "federation.num_clients": clients or local_nodes}
+            if resume is not None:
+                rundir, cfg = load_for_resume(resume, config, set_, flags)
+            else:
+                cfg = load_run_config(config, preset, set_, flags)
             from zk0cli.engine.prepare import prepare_datasets
 
             with console.status("preparing datasets..."):
                 prepare_datasets(cfg)
-            rundir = create_run(cfg, out=out, command="train", engine="deployment")
+            if resume is None:
+                rundir = create_run(cfg, out=out, command="train", engine="deployment")
             console.print(f"run directory: {rundir.root}")
             console.print(f"local trial: SuperLink + {local_nodes} SuperNodes, "
                           f"{'TLS' if not insecure else 'no TLS'}"
@@ -107,12 +124,16 @@ def train(
                                  "running SuperLink give --root-certificates ca.crt.")
             conn = validate_options(ConnectionOptions, superlink=superlink,
                                     root_certificates=root_certificates, insecure=insecure)
-            cfg = _load(config, preset, set_, {"federation.rounds": rounds,
-                                               "federation.num_clients": clients})
-            D.probe_superlink(conn)  # before a run directory exists
+            flags = {"federation.rounds": rounds, "federation.num_clients": clients}
+            if resume is None:
+                cfg = load_run_config(config, preset, set_, flags)
+            D.probe_superlink(conn)  # before a run directory exists or is changed
+            if resume is not None:
+                rundir, cfg = load_for_resume(resume, config, set_, flags)
             with console.status("preparing the server's datasets..."):
                 D.prepare_coordinator_datasets(cfg)
-            rundir = create_run(cfg, out=out, command="train", engine="deployment")
+            if resume is None:
+                rundir = create_run(cfg, out=out, command="train", engine="deployment")
             console.print(f"run directory: {rundir.root}")
             console.print(f"SuperLink {conn.superlink} ({'TLS' if not insecure else 'no TLS'});"
                           f" waiting for {cfg.federation.min_clients} of {cfg.num_clients} "

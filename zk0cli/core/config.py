@@ -42,7 +42,10 @@ class ModelConfig(_Section):
         "auto", description="Torch device; `auto` picks cuda when available, else cpu."
     )
     dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Autocast dtype for the forward pass on cuda (weights stay fp32)."
+        "float32",
+        description="Compute dtype of the forward pass: `bfloat16` runs training and "
+        "evaluation forwards under torch.autocast on cuda (weights and optimizer stay "
+        "float32); it needs a cuda device.",
     )
     chunk_size: int | None = Field(
         None, ge=1, le=100, description="Action chunk length (frames); None keeps the model's."
@@ -68,6 +71,12 @@ class ModelConfig(_Section):
     def _path_for_pretrained(self) -> ModelConfig:
         if self.kind == "pretrained" and not self.path:
             raise ValueError("model.path is required when model.kind = 'pretrained'")
+        if self.dtype == "bfloat16" and self.device in ("cpu", "mps"):
+            raise ValueError(
+                f"model.dtype = 'bfloat16' needs model.device = 'cuda' (or 'auto' on a "
+                f"machine with a GPU), got device {self.device!r}; use model.dtype = "
+                "'float32' on CPU"
+            )
         return self
 
 
@@ -228,6 +237,12 @@ class FederationConfig(_Section):
     max_failed_rounds: int = Field(
         3, ge=1, description="End the run as failed after this many consecutive rounds "
         "without a valid client reply."
+    )
+    transport_dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description="Wire dtype of the trainable tensors. `bfloat16`: values rounded to "
+        "bfloat16 and carried losslessly as int16 arrays (half the bytes; the global model "
+        "is rounded to bfloat16 every round, aggregation stays in float64); `float32`: exact.",
     )
     client_cpus: int = Field(1, ge=1, description="CPUs reserved per simulated client.")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved per simulated client.")
@@ -424,6 +439,7 @@ def load_config(
     *,
     preset: str | None = None,
     config_file: Path | None = None,
+    base: Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
     flags: Mapping[str, Any] | None = None,
 ) -> RunConfig:
@@ -433,6 +449,8 @@ def load_config(
         preset: Built-in preset name (``so100`` or ``tiny``); ignored if ``config_file``
             is given. Neither given means ``tiny``.
         config_file: TOML file path.
+        base: A configuration mapping to start from (a run's ``config.json`` when
+            resuming); used when no ``config_file`` is given.
         overrides: ``section.key=value`` strings, applied in order.
         flags: Dotted-path values from dedicated CLI flags (``federation.rounds``), applied
             last; ``None`` values are skipped.
@@ -448,6 +466,8 @@ def load_config(
     if config_file is not None:
         data = read_config_file(Path(config_file))
         source = str(config_file)
+    elif base is not None:
+        data, source = dict(base), "the run's config.json"
     else:
         data = get_preset(preset or "tiny")
         source = f"preset {preset or 'tiny'!r}"

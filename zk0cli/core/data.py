@@ -292,6 +292,10 @@ def open_dataset(
     return ds
 
 
+#: Batches each DataLoader worker keeps ready (``prefetch_factor``).
+PREFETCH_BATCHES = 4
+
+
 def make_loader(
     dataset: Any, *, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
 ) -> torch.utils.data.DataLoader:
@@ -302,7 +306,9 @@ def make_loader(
         batch_size: Frames per batch.
         shuffle: Random order (seeded) or dataset order.
         seed: Seed of the shuffling generator.
-        num_workers: Worker processes (0 = in-process).
+        num_workers: Worker processes (0 = in-process). With workers, they persist
+            across epochs and rounds (the client keeps its loader) and each prefetches
+            :data:`PREFETCH_BATCHES` batches, so decoding overlaps training.
 
     Returns:
         The loader (last partial batch kept).
@@ -311,9 +317,11 @@ def make_loader(
 
     gen = torch.Generator()
     gen.manual_seed(seed)
+    extra = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES} \
+        if num_workers > 0 else {}
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-        num_workers=num_workers, persistent_workers=False,
+        num_workers=num_workers, **extra,
     )
 
 

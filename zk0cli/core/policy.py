@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zk0cli.errors import CheckpointError, DatasetError, FeatureMismatchError
+from zk0cli.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    FeatureMismatchError,
+    FieldProblem,
+)
 from zk0cli.log import logger
 
 if TYPE_CHECKING:
@@ -74,12 +80,15 @@ class PolicyBundle:
             task, move to device, normalise state/action with the data's statistics).
         postprocessor: Model actions -> unnormalised actions on CPU.
         device: Where the policy lives.
+        autocast_dtype: ``model.dtype``: ``"bfloat16"`` makes the trainer run forwards
+            under ``torch.autocast`` on cuda (weights stay float32); ``"float32"`` none.
     """
 
     policy: SmolVLAPolicy
     preprocessor: PolicyProcessorPipeline
     postprocessor: PolicyProcessorPipeline
     device: torch.device
+    autocast_dtype: str = "float32"
 
 
 # --- the tiny offline VLM --------------------------------------------------------------
@@ -417,11 +426,17 @@ def build_policy(
         FeatureMismatchError: The dataset's observation keys differ from the policy's.
         DatasetError: ``stats`` do not cover the state/action features.
         CheckpointError: ``model.path`` cannot be loaded.
+        ConfigError: ``model.dtype = "bfloat16"`` on a device other than cuda.
     """
     import torch
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     device = resolve_device(model.device)
+    if model.dtype == "bfloat16" and device.type != "cuda":
+        raise ConfigError([FieldProblem(
+            "model.dtype", model.dtype,
+            f"bfloat16 autocast needs a cuda device, and model.device = {model.device!r} "
+            f"resolved to {device.type!r}; use model.dtype = 'float32' here")])
     features = policy_features_from_dataset(meta, rename_map)
     dataset_name = getattr(meta, "repo_id", "dataset")
     if model.kind == "tiny":
@@ -454,7 +469,8 @@ def build_policy(
         model.kind, device, sum(p.numel() for p in policy.parameters()),
         sum(p.numel() for p in policy.parameters() if p.requires_grad),
     )
-    return PolicyBundle(policy=policy, preprocessor=pre, postprocessor=post, device=device)
+    return PolicyBundle(policy=policy, preprocessor=pre, postprocessor=post, device=device,
+                        autocast_dtype=model.dtype)
 
 
 def _load_pretrained_config(path: str) -> Any:

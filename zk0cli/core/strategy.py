@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import FedProx
 from zk0cli import constants as K
 from zk0cli.core.transport import (
     TensorSpec,
+    TransportDtype,
     WeightedMean,
     from_array_record,
     tensor_problems,
@@ -202,6 +203,9 @@ class Zk0FedProx(FedProx):
         min_available_nodes: Nodes that must be connected before a round starts.
         node_wait_timeout_s: Seconds to wait for ``min_available_nodes`` before sampling
             from the connected nodes or skipping the round; ``None`` waits forever.
+        transport_dtype: Wire dtype of the global tensors sent to clients (see
+            :func:`~zk0cli.core.transport.to_array_record`); replies are decoded whatever
+            dtype they travelled in.
     """
 
     def __init__(
@@ -215,6 +219,7 @@ class Zk0FedProx(FedProx):
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
         node_wait_timeout_s: float | None = None,
+        transport_dtype: TransportDtype = "float32",
         mu_for_round: Callable[[int, Mapping[int, list[float]]], float] | None = None,
     ) -> None:
         super().__init__(
@@ -229,10 +234,12 @@ class Zk0FedProx(FedProx):
             proximal_mu=proximal_mu,
         )
         self.expected = dict(expected)
+        self.transport_dtype: TransportDtype = transport_dtype
         self.lr_for_round = lr_for_round
         self.mu_for_round = mu_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
+        self.round_offset = 0  # rounds done before this process started (resume)
         self._sent: dict[int, list[Message]] = {}
         self._client_ids: dict[int, str] = {}  # node id -> client id it reported
         self.node_wait_timeout_s = node_wait_timeout_s
@@ -248,6 +255,8 @@ class Zk0FedProx(FedProx):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Add the round's lr and steps to the train config, then defer to FedProx."""
+        server_round += self.round_offset  # Flower counts from 1 again after a resume
+        config[K.ROUND_KEY] = server_round
         if self.mu_for_round is not None:  # FedProx sends self.proximal_mu
             self.proximal_mu = float(self.mu_for_round(server_round, self.loss_history()))
         config[K.LR_KEY] = float(self.lr_for_round(server_round))
@@ -297,9 +306,13 @@ class Zk0FedProx(FedProx):
             than ``min_train_nodes`` (``federation.min_clients``) replies were valid or the
             mean was not finite (Flower then keeps the previous global model).
         """
+        server_round += self.round_offset
         acc = WeightedMean()
         reports: list[ClientReport] = []
         sent = self._sent.pop(server_round, [])
+        # A fixed order (by client id) makes the float sums, hence the model, independent
+        # of the order in which replies happened to arrive.
+        replies = sorted(replies, key=_reply_order)
         node_of = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
         for msg in replies:
             node_id = node_of.get(msg.metadata.reply_to_message_id,
@@ -332,7 +345,7 @@ class Zk0FedProx(FedProx):
             if problems:
                 note = "aggregated model rejected, previous kept: " + "; ".join(problems)
             else:
-                arrays = to_array_record(mean)
+                arrays = to_array_record(mean, transport_dtype=self.transport_dtype)
                 agg = aggregate_client_metrics(reports)
                 metrics = MetricRecord({k: float(v) for k, v in agg.items()})
         else:
@@ -349,6 +362,14 @@ class Zk0FedProx(FedProx):
         logger.log(INFO, "round %s: %d aggregated, %d excluded%s", server_round,
                    acc.count, len(reports) - acc.count, f" ({note})" if note else "")
         return arrays, metrics
+
+
+def _reply_order(msg: Message) -> tuple[str, int]:
+    client_id = ""
+    if not msg.has_error():
+        info = msg.content.config_records.get(K.INFO_KEY)
+        client_id = str(info.get(K.CLIENT_ID, "")) if info is not None else ""
+    return client_id.zfill(12), int(msg.metadata.src_node_id)
 
 
 class _NodeSnapshot:

@@ -103,6 +103,22 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     return int(len(batch["action"]))
 
 
+def autocast_for(bundle: PolicyBundle) -> Any:
+    """The forward pass's autocast context (``model.dtype``).
+
+    ``torch.autocast("cuda", dtype=torch.bfloat16)`` when ``bundle.autocast_dtype`` is
+    ``"bfloat16"`` and the policy is on cuda, else a no-op context.
+    Weights, gradients and the optimizer state stay float32; the loss is cast to float32.
+    """
+    import contextlib
+
+    import torch
+
+    if bundle.autocast_dtype == "bfloat16" and bundle.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train_round(
     bundle: PolicyBundle,
     loader: DataLoader,
@@ -167,7 +183,9 @@ def train_round(
                 raw = next(batches)
                 examples += _batch_size(raw)
                 batch = bundle.preprocessor(raw)
-                policy_loss, _ = policy.forward(batch)
+                with autocast_for(bundle):
+                    policy_loss, _ = policy.forward(batch)
+                policy_loss = policy_loss.float()
                 prox = proximal_term(params, w_global, mu)
                 loss = policy_loss + prox
                 if not torch.isfinite(loss):
@@ -254,7 +272,8 @@ def evaluate(
                 batch = bundle.preprocessor(raw)
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(seed + i)
-                    loss, _ = policy.forward(batch)
+                    with autocast_for(bundle):
+                        loss, _ = policy.forward(batch)
                 total += float(loss) * n
                 frames += n
     finally:

@@ -2,9 +2,18 @@
 
 Only the trainable tensors travel (SmolVLA's action expert and projections), keyed by
 parameter name. Both ends check what they receive against what they expect: the same
-names, shapes and dtypes, all values finite (:func:`tensor_problems`). Aggregation is a
-running weighted sum in float64 over replies, one reply at a time (:class:`WeightedMean`),
-so server memory does not grow with the number of clients.
+names, shapes and dtypes, all values finite (:func:`tensor_problems`), after decoding.
+Aggregation is a running weighted sum in float64 over replies, one reply at a time
+(:class:`WeightedMean`), so server memory does not grow with the number of clients.
+
+Wire format (``federation.transport_dtype``): with ``"bfloat16"`` (the default) every
+floating tensor is rounded to bfloat16 and its 16-bit patterns are carried, unchanged,
+as an ``int16`` NumPy array, because Flower's ``ArrayRecord`` rejects bfloat16; the
+``Array``'s ``dtype`` field says ``"bfloat16"`` so the receiver reinterprets the bits
+(bit-exact) and converts to float32 (:func:`from_array_record`). Half the bytes of
+float32. The values themselves are rounded to bfloat16 (8 significant bits), so the
+global model the server sends is bfloat16-rounded every round; aggregation itself stays
+in float64. ``"float32"`` sends exact float32 values.
 
 These are plain functions on ``dict[str, torch.Tensor]`` and Flower ``ArrayRecord``;
 the Flower apps call them, and they are unit-tested directly.
@@ -15,13 +24,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from zk0cli.errors import TransportError
 
 if TYPE_CHECKING:
     import torch
     from flwr.app import ArrayRecord
+
+
+#: Wire dtypes of floating tensors (``federation.transport_dtype``).
+TransportDtype = Literal["bfloat16", "float32"]
+#: ``Array.dtype`` of a bfloat16 tensor carried as int16 bit patterns.
+BF16_WIRE_TAG = "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -110,16 +125,92 @@ def _some(items: list[str], n: int = 3) -> str:
     return head + (f", ... (+{len(items) - n})" if len(items) > n else "")
 
 
-def to_array_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    """Pack a state dict into a Flower ``ArrayRecord`` (CPU copies; fp32/fp16/int only)."""
-    from flwr.app import ArrayRecord
+def to_array_record(
+    tensors: Mapping[str, torch.Tensor], *, transport_dtype: TransportDtype = "float32"
+) -> ArrayRecord:
+    """Pack a state dict into a Flower ``ArrayRecord`` for the wire (CPU copies).
 
-    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    Args:
+        tensors: ``{name: tensor}``; names become the record's keys, unchanged.
+        transport_dtype: ``"float32"``: tensors travel in their own dtype (bfloat16
+            ones as float32, exactly); ``"bfloat16"``: floating tensors are
+            rounded to bfloat16 and carried as ``int16`` arrays of their bit patterns,
+            tagged ``Array.dtype == "bfloat16"`` (2 bytes per value). Integer tensors
+            travel as they are either way.
+
+    Returns:
+        The record; decode it with :func:`from_array_record`.
+
+    Raises:
+        ValueError: Unknown ``transport_dtype``.
+    """
+    import torch
+    from flwr.app import Array, ArrayRecord
+
+    if transport_dtype not in ("bfloat16", "float32"):
+        raise ValueError(
+            f"transport_dtype must be 'bfloat16' or 'float32', got {transport_dtype!r}"
+        )
+    record = ArrayRecord()
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        if t.is_floating_point() and transport_dtype == "bfloat16":
+            bits = t.to(torch.bfloat16).contiguous().view(torch.int16).numpy()
+            arr = Array(bits)
+            record[name] = Array(dtype=BF16_WIRE_TAG, shape=tuple(t.shape),
+                                 stype=arr.stype, data=arr.data)
+        else:
+            if t.dtype == torch.bfloat16:  # ArrayRecord rejects bfloat16
+                t = t.to(torch.float32)
+            record[name] = Array(t.contiguous().numpy())
+    return record
 
 
-def from_array_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Unpack a Flower ``ArrayRecord`` into a CPU state dict (names preserved)."""
-    return dict(record.to_torch_state_dict())
+def from_array_record(
+    record: ArrayRecord, *, decode_to: str | None = "float32"
+) -> dict[str, torch.Tensor]:
+    """Unpack a Flower ``ArrayRecord`` into a CPU state dict (names preserved).
+
+    Arrays tagged ``"bfloat16"`` (see :func:`to_array_record`) are reinterpreted as
+    bfloat16, bit for bit, then converted to ``decode_to``; other arrays come back in
+    the dtype they travelled in (so the receiver's dtype checks still see them).
+
+    Args:
+        record: The received record.
+        decode_to: Torch dtype name for values that travelled as bfloat16
+            (``"float32"``, exact); ``None`` keeps ``torch.bfloat16``.
+
+    Returns:
+        ``{name: tensor}`` in the record's order.
+
+    Raises:
+        TransportError: An array tagged bfloat16 does not hold int16 data.
+    """
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for name, arr in record.items():
+        nd = arr.numpy()
+        t = torch.from_numpy(nd)
+        if arr.dtype == BF16_WIRE_TAG:
+            if t.dtype != torch.int16:
+                raise TransportError(
+                    f"tensor {name!r} is tagged bfloat16 but carries {nd.dtype} data; "
+                    "expected int16 bit patterns (zk0's bfloat16 wire format)"
+                )
+            t = t.view(torch.bfloat16)
+            if decode_to is not None:
+                t = t.to(getattr(torch, decode_to))
+        out[name] = t
+    return out
+
+
+def record_nbytes(record: ArrayRecord) -> int:
+    """Bytes of serialized tensor data in a record: the sum of ``Array.data`` lengths.
+
+    NumPy headers are included; Flower's own framing and the key strings are not.
+    """
+    return sum(len(arr.data) for arr in record.values())
 
 
 def tensor_hash(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -41,10 +41,12 @@ from zk0cli.engine.deploy_options import (
 )
 from zk0cli.engine.flwr_proc import (
     FlowerHome,
+    InterruptGuard,
     flower_bin,
     flower_env,
     flwr_command,
     free_port,
+    kill_tree_now,
     make_app_dir,
     register_node,
     start_process,
@@ -354,6 +356,15 @@ def run_local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, 
     work = Path(tempfile.mkdtemp(prefix="zk0-trial-"))
     logs = rundir.root / "logs"
     procs: list[subprocess.Popen[Any]] = []
+    with InterruptGuard(lambda: kill_tree_now(procs)):  # a second Ctrl-C kills at once
+        return _local_trial(config, rundir, opts, work, logs, procs,
+                            on_progress=on_progress, on_command=on_command)
+
+
+def _local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, work: Path,
+                 logs: Path, procs: list[subprocess.Popen[Any]], *,
+                 on_progress: ProgressFn | None, on_command: CommandFn | None) -> str:
+    """The body of :func:`run_local_trial`; every process started is appended to ``procs``."""
     try:
         tls: TlsFiles | None = None
         if not opts.insecure:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -170,7 +170,8 @@ def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
     fh: IO[bytes] = log_path.open("ab")
     try:
         return subprocess.Popen(list(cmd), env=dict(env), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+                                stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     finally:
         fh.close()
 
@@ -271,3 +272,69 @@ def stop_run(home: FlowerHome, run_id: int) -> None:
         _flwr(["stop", str(run_id), CONNECTION], home, timeout_s=30)
     except FederationError as err:
         logger.warning("could not stop Flower run %s: %s", run_id, err)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Ask Linux to SIGTERM this process when zk0 dies, even by SIGKILL (no orphans)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop_tree and signal handling still apply
+
+
+class InterruptGuard:
+    """First Ctrl-C or SIGTERM: ``KeyboardInterrupt`` (clean stop); second: kill now.
+
+    Args:
+        kill_now: Called on the second signal before exiting with 130; must not block
+            (e.g. SIGKILL every process zk0 started).
+    """
+
+    def __init__(self, kill_now: Callable[[], None]) -> None:
+        self.kill_now = kill_now
+        self.count = 0
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+        try:
+            self.kill_now()
+        finally:
+            os._exit(130)
+
+    def __enter__(self) -> InterruptGuard:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
+def kill_tree_now(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    """SIGKILL processes and all their descendants without waiting."""
+    import psutil
+
+    for proc in procs:
+        try:
+            root = psutil.Process(proc.pid)
+            for p in [*root.children(recursive=True), root]:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass

@@ -13,14 +13,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zk0cli import constants as K
 from zk0cli.core.config import RunConfig
 from zk0cli.core.rundir import RunDir
 from zk0cli.engine.flwr_proc import (
     FlowerHome,
+    InterruptGuard,
     flower_bin,
     free_port,
+    kill_tree_now,
     make_app_dir,
     start_process,
     stop_run,
@@ -83,29 +86,38 @@ def run_simulation(config: RunConfig, rundir: RunDir, *,
            "--database", str(work / "state.db")]
     proc = start_process(cmd, env=home.env(), log_path=logs / "superlink.log", cwd=work)
     run_id: int | None = None
-    try:
-        wait_for_port("127.0.0.1", port, timeout_s=60, proc=proc,
-                      log_file=logs / "superlink.log")
-        par = parallelism(config)
-        fed_cfg: dict[str, float | int] = {
-            "num-supernodes": config.num_clients,
-            "client-resources-num-cpus": par.cpus_per_client,
-            "client-resources-num-gpus": par.gpus_per_client,
-            "init-args-num-cpus": par.cpus,
-        }
-        run_id = submit_run(home, make_app_dir(work / "app"),
-                            run_config={K.RUN_CONFIG_PATH_KEY: str(rundir.config_json),
-                                        K.RUN_DIR_KEY: str(rundir.root)},
-                            federation_config=fed_cfg)
-        rundir.update_run(flower_run_id=str(run_id), parallel_clients=par.parallel_clients)
-        logger.info("submitted Flower run %s to the local SuperLink on port %s", run_id, port)
-        return follow_run(rundir, home, run_id, config, on_progress=on_progress,
-                          is_alive=lambda: proc.poll() is None)
-    except KeyboardInterrupt:
-        if run_id is not None:
-            stop_run(home, run_id)
-        mark_interrupted(rundir)
-        raise
-    finally:
-        stop_tree(proc)
-        shutil.rmtree(work, ignore_errors=True)
+    # The guard stays active during the clean-up: a second Ctrl-C kills everything at once.
+    with InterruptGuard(lambda: kill_tree_now([proc])):
+        try:
+            run_id = _submit(config, rundir, home, work, port, proc)
+            return follow_run(rundir, home, run_id, config, on_progress=on_progress,
+                              is_alive=lambda: proc.poll() is None)
+        except KeyboardInterrupt:
+            if run_id is not None:
+                stop_run(home, run_id)
+            mark_interrupted(rundir)
+            raise
+        finally:
+            stop_tree(proc)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _submit(config: RunConfig, rundir: RunDir, home: FlowerHome, work: Path, port: int,
+            proc: Any) -> int:
+    """Wait for the SuperLink, submit the zk0 app; returns the Flower run id."""
+    logs = rundir.root / "logs"
+    wait_for_port("127.0.0.1", port, timeout_s=60, proc=proc, log_file=logs / "superlink.log")
+    par = parallelism(config)
+    fed_cfg: dict[str, float | int] = {
+        "num-supernodes": config.num_clients,
+        "client-resources-num-cpus": par.cpus_per_client,
+        "client-resources-num-gpus": par.gpus_per_client,
+        "init-args-num-cpus": par.cpus,
+    }
+    run_id = submit_run(home, make_app_dir(work / "app"),
+                        run_config={K.RUN_CONFIG_PATH_KEY: str(rundir.config_json),
+                                    K.RUN_DIR_KEY: str(rundir.root)},
+                        federation_config=fed_cfg)
+    rundir.update_run(flower_run_id=str(run_id), parallel_clients=par.parallel_clients)
+    logger.info("submitted Flower run %s to the local SuperLink on port %s", run_id, port)
+    return run_id

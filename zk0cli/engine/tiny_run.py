@@ -45,8 +45,24 @@ def analyze(rundir: RunDir, console: Any) -> None:
                   f"{len(getattr(analysis, 'findings', []))} finding(s)")
 
 
-def push(checkpoint: Path, *, repo_id: str, console: Any) -> None:
-    """Push the checkpoint to the Hub (only when the user asked with --push)."""
-    from zk0cli.hub import push_checkpoint
+def push(checkpoint: Path, *, repo_id: str, console: Any, endpoint: str | None = None) -> None:
+    """Push the checkpoint to the Hub (only when the user asked with --push).
 
-    push_checkpoint(checkpoint, repo_id=repo_id)
+    Args:
+        checkpoint: The run's newest checkpoint.
+        repo_id: Target ``namespace/name``.
+        console: Where to print the commit URL.
+        endpoint: Hub URL (default ``HF_ENDPOINT`` or huggingface.co).
+
+    Raises:
+        CheckpointError: The checkpoint fails validation.
+        HubAuthError: No token (nothing is sent).
+        HubError: The upload failed.
+    """
+    from zk0cli.hub import PushOptions, prepare_push, upload_checkpoint
+
+    plan = prepare_push(PushOptions.from_flags(checkpoint=checkpoint, repo_id=repo_id,
+                                               endpoint=endpoint))
+    result = upload_checkpoint(plan)
+    console.print(f"pushed {len(plan.files)} files to {repo_id}, tag {result.tag}: "
+                  f"{result.commit_url}")

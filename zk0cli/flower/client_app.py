@@ -33,7 +33,7 @@ class _ClientState:
     client_id: str
     dataset_name: str
     bundle: Any
-    loader: Any
+    dataset: Any
     stats_digest: str | None = None  # federated statistics in use (None: the dataset's own)
 
 
@@ -63,11 +63,13 @@ def _state(cfg: RunConfig, context: Context, cfg_key: str) -> _ClientState:
     from zk0cli.core import data as D
     from zk0cli.core.policy import build_policy
 
-    part = _partition(cfg, context)
-    key = (cfg_key, part.client_id, part.ref)
+    # The partition follows from the config and the node config: check the warm client
+    # before resolving it (that reads every client dataset's metadata, ~0.2 s a round).
+    key = (cfg_key, tuple(sorted((k, str(v)) for k, v in context.node_config.items())))
     cached = _CACHE.get("client")
     if cached is not None and cached.key == key:
         return cached
+    part = _partition(cfg, context)
     _CACHE.clear()
     if K.NODE_DATASET_KEY not in context.node_config:
         import torch  # simulation: clients share the machine; use the CPUs Ray reserved
@@ -80,12 +82,16 @@ def _state(cfg: RunConfig, context: Context, cfg_key: str) -> _ClientState:
     dataset = D.open_dataset(part.ref, episodes=part.train_episodes,
                              chunk_size=bundle.policy.config.chunk_size,
                              video_backend=cfg.data.video_backend)
-    loader = D.make_loader(dataset, batch_size=cfg.training.batch_size, shuffle=True,
-                           seed=cfg.seed + int(part.client_id) if part.client_id.isdigit()
-                           else cfg.seed, num_workers=cfg.training.num_workers)
-    state = _ClientState(key, part.client_id, part.name, bundle, loader)
+    state = _ClientState(key, part.client_id, part.name, bundle, dataset)
     _CACHE["client"] = state
     return state
+
+
+def _round_seed(seed: int, server_round: int, client_id: str) -> int:
+    """Seed of one client's round: data order, flow-matching noise and time."""
+    import zlib
+
+    return (seed * 1_000_003 + server_round * 7919 + zlib.crc32(client_id.encode())) % 2**31
 
 
 def _inject(fault: str, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +120,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train on the local dataset from the received global tensors; reply with the update."""
     client_id = str(context.node_config.get(K.PARTITION_ID_KEY, context.node_id))
     try:
+        from zk0cli.core.data import make_loader
         from zk0cli.core.policy import set_trainable_state
         from zk0cli.core.trainer import train_round
         from zk0cli.core.transport import from_array_record, to_array_record
@@ -122,7 +129,7 @@ def train(msg: Message, context: Context) -> Message:
         state = _state(cfg, context, str(context.run_config.get(K.RUN_CONFIG_PATH_KEY)))
         client_id = state.client_id
         conf = msg.content[K.CONFIG_KEY]
-        server_round = int(conf.get(K.SERVER_ROUND_KEY, 0))
+        server_round = int(conf.get(K.ROUND_KEY, conf.get(K.SERVER_ROUND_KEY, 0)))
         if K.STATS_KEY in conf:  # data.stats = "federated": normalise with the merged stats
             from zk0cli.flower.stats import apply_stats
 
@@ -130,13 +137,18 @@ def train(msg: Message, context: Context) -> Message:
                 state.bundle, str(conf[K.STATS_KEY]), cfg, state.stats_digest)
         set_trainable_state(state.bundle.policy, from_array_record(msg.content[K.ARRAYS_KEY]),
                             source="server")
+        # A fresh loader per round, seeded by (seed, round, client): the data order of a
+        # round does not depend on which process ran the earlier rounds (resume-safe).
+        loader = make_loader(state.dataset, batch_size=cfg.training.batch_size, shuffle=True,
+                             seed=_round_seed(cfg.seed, server_round, client_id),
+                             num_workers=cfg.training.num_workers)
         result = train_round(
-            state.bundle, state.loader,
+            state.bundle, loader,
             steps=int(conf.get(K.STEPS_KEY, cfg.training.steps_per_round)),
             lr=float(conf.get(K.LR_KEY, cfg.training.lr)),
             mu=float(conf.get(K.PROXIMAL_MU_KEY, 0.0)),
             training=cfg.training, dataset_name=state.dataset_name,
-            seed=cfg.seed + 7919 * server_round + (int(client_id) if client_id.isdigit() else 0),
+            seed=_round_seed(cfg.seed, server_round, client_id),
         )
         tensors = result.tensors
         fault = fault_for(client_id)
@@ -152,7 +164,7 @@ def train(msg: Message, context: Context) -> Message:
     strings = {k: str(v) for k, v in result.metrics.items() if isinstance(v, str)}
     strings[K.CLIENT_ID] = client_id
     content = RecordDict({
-        K.ARRAYS_KEY: to_array_record(tensors),
+        K.ARRAYS_KEY: to_array_record(tensors, transport_dtype=cfg.federation.transport_dtype),
         K.METRICS_KEY: MetricRecord(numbers),
         K.INFO_KEY: ConfigRecord(strings),
     })

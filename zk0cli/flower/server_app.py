@@ -35,13 +35,17 @@ class RoundHook:
         self.t_last = time.monotonic()
         self.changed_since_checkpoint = False
         self.failed_streak = 0
-        self.aggregated_rounds = 0
+        self.round_offset = int(getattr(strategy, "round_offset", 0))
+        self.aggregated_rounds = 1 if self.round_offset else 0  # a checkpoint aggregated
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Evaluate, record and checkpoint round ``server_round`` (0 = initial model)."""
         from zk0cli.core.transport import from_array_record
 
         cfg = self.cfg
+        if server_round == 0 and self.round_offset > 0:
+            return None  # a resumed run: the checkpoint's round is already recorded
+        server_round += self.round_offset
         outcome = self.strategy.outcomes.get(server_round)
         if outcome is not None and outcome.aggregated:
             self.evaluator.set_global(from_array_record(arrays))
@@ -89,9 +93,22 @@ class RoundHook:
             build_model_card(self.rundir.root, checkpoint_round=server_round).save(
                 directory / MODEL_CARD)
 
-        write_checkpoint(self.rundir, server_round,
-                         save_policy=lambda d: save_bundle(self.evaluator.bundle, d),
-                         metrics=metrics, write_card=card)
+        previous = self.rundir.latest_checkpoint()
+        need = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) \
+            if previous else 0
+        try:
+            write_checkpoint(self.rundir, server_round,
+                             save_policy=lambda d: save_bundle(self.evaluator.bundle, d),
+                             metrics=metrics, write_card=card, min_free_bytes=need)
+        except OSError as err:
+            kept = previous.name if previous else "none"
+            raise FederationError(
+                f"could not write the checkpoint of round {server_round} under "
+                f"{self.rundir.models_dir} ({err}); the previous checkpoint ({kept}) and "
+                "models/latest are intact. Free disk space, then continue with "
+                f"`zk0 simulate --resume {self.rundir.root}` (or `zk0 train --resume ...` for a "
+                "deployment)."
+            ) from err
         self.changed_since_checkpoint = False
 
 
@@ -106,11 +123,22 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     from zk0cli.core.policy import get_trainable_state
     from zk0cli.core.schedules import lr_schedule, mu_schedule
     from zk0cli.core.strategy import Zk0FedProx
-    from zk0cli.core.transport import specs_of, to_array_record
+    from zk0cli.core.transport import from_array_record, specs_of, to_array_record
 
     evaluator = ServerEvaluator.from_config(cfg)
     initial = get_trainable_state(evaluator.bundle.policy)
+    resume = rundir.read_run().get("resume") or {}
+    offset = int(resume.get("from_round", 0))
+    if offset:
+        from pathlib import Path
+
+        from zk0cli.core.resume import load_global_tensors
+
+        initial = load_global_tensors(Path(resume["checkpoint"]), list(initial))
+        logger.info("resuming after round %s from %s", offset, resume["checkpoint"])
     fed = cfg.federation
+    initial_arrays = to_array_record(initial, transport_dtype=fed.transport_dtype)
+    evaluator.set_global(from_array_record(initial_arrays))  # what clients get (bf16-rounded)
     strategy = Zk0FedProx(
         expected=specs_of(initial),
         proximal_mu=fed.proximal_mu,
@@ -121,7 +149,9 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         min_train_nodes=fed.min_clients,
         min_available_nodes=fed.min_clients,
         node_wait_timeout_s=fed.node_wait_timeout_s,
+        transport_dtype=fed.transport_dtype,
     )
+    strategy.round_offset = offset
     train_config = ConfigRecord()
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
@@ -131,8 +161,9 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
             evaluator.use_stats(merged)
             train_config[K.STATS_KEY] = merged
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
-    strategy.start(grid=grid, initial_arrays=to_array_record(initial), num_rounds=fed.rounds,
-                   timeout=fed.round_timeout_s, train_config=train_config, evaluate_fn=hook)
+    strategy.start(grid=grid, initial_arrays=initial_arrays,
+                   num_rounds=fed.rounds - offset, timeout=fed.round_timeout_s,
+                   train_config=train_config, evaluate_fn=hook)
 
 
 @app.main()

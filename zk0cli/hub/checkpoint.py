@@ -17,12 +17,12 @@ problem at once in one :class:`~zk0cli.errors.CheckpointError`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zk0cli.core.checkpoint import MANIFEST_JSON, sha256_file
 from zk0cli.core.rundir import CHECKPOINT_PREFIX, MODELS_DIR, RunDir
 from zk0cli.errors import CheckpointError, RunDirError
 from zk0cli.log import logger
@@ -32,10 +32,9 @@ WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
 CARD_FILE = "README.md"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = MANIFEST_JSON
 METRICS_FILE = "metrics.json"
 POLICY_TYPE = "smolvla"
-_HASH_CHUNK = 8 * 1024 * 1024  # bytes read per hashing step
 
 
 @dataclass(frozen=True)
@@ -134,15 +133,6 @@ def resolve_checkpoint(path: Path) -> ResolvedCheckpoint:
     if rnd is None:
         raise CheckpointError(str(checkpoint), ["cannot tell the round of this checkpoint"])
     return ResolvedCheckpoint(checkpoint, rnd, rd.root, from_run_dir=True)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 8 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_repo_id(repo_id: str) -> str | None:

@@ -1,0 +1,202 @@
+"""zk0 performance benchmarks: one command, a rich table, a JSON file.
+
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--out benchmarks/results/latest.json]
+
+Figures (see docs/performance.md for what each one means and the targets):
+
+(a) bytes on the wire per client per round, full-size SmolVLA (``wire.py``);
+(b) server peak RSS aggregating 2/4/8 full-size replies (``aggregate.py``);
+(c) round overhead of ``zk0 simulate`` with the tiny model (``overhead.py``);
+(d) client trainer throughput vs a plain LeRobot loop, data-wait share (``throughput.py``);
+(e) ``zk0 tiny-run`` cold wall time (``overhead.py``), when the simulator is available;
+(f) with ``--device cuda``: full-size SmolVLA training steps/s at batch 16 and 64 with
+    bf16 autocast and peak GPU memory (``gpu.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# The Flower executables (flower-superlink, flower-superexec) next to this interpreter.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+GB = 1e9
+
+
+def _run(name: str, fn: Any, results: dict[str, Any]) -> None:
+    t0 = time.perf_counter()
+    try:
+        results[name] = fn()
+    except Exception as err:  # one failed section must not lose the others
+        results[name] = {"error": f"{type(err).__name__}: {err}",
+                         "traceback": traceback.format_exc()[-2000:]}
+    results[name]["section_seconds"] = time.perf_counter() - t0
+
+
+def _fmt_pass(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return "[red]error[/red]"
+    if "pass" not in r:
+        return "-"
+    return "[green]yes[/green]" if r["pass"] else "[red]no[/red]"
+
+
+def render(results: dict[str, Any]) -> Any:
+    """The rich table of every figure."""
+    from rich.table import Table
+
+    m = results["machine"]
+    title = (f"zk0 benchmarks — {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM"
+             f"{', ' + m['gpu'] if m['gpu'] else ''}; torch {m['torch']}, flwr {m['flwr']}, "
+             f"lerobot {m['lerobot']}; load avg {m['load_average_1m']}→"
+             f"{results.get('load_average_1m_end')}; device {results['device']}"
+             f"{' (quick)' if results['quick'] else ''}")
+    t = Table(title=title, show_lines=True)
+    for col in ("figure", "measured", "target", "met"):
+        t.add_column(col)
+    w = results.get("wire", {})
+    if "error" in w:
+        t.add_row("(a) bytes per client per round", w["error"], "", _fmt_pass(w))
+    elif w:
+        t.add_row("(a) bytes per client per round, full-size SmolVLA "
+                  f"({w['trainable_parameters']:,} of {w['parameters']:,} params train)",
+                  f"trainable bf16 {w['bytes_trainable_bf16'] / GB:.3f} GB\n"
+                  f"trainable fp32 {w['bytes_trainable_fp32'] / GB:.3f} GB\n"
+                  f"whole model fp32 {w['bytes_whole_fp32'] / GB:.3f} GB\n"
+                  f"→ {w['reduction_vs_whole_fp32']:.1f}× less; encode "
+                  f"{w['encode_bf16_seconds']:.1f} s, decode {w['decode_bf16_seconds']:.1f} s",
+                  "≤ 0.21 GB, ≥ 8× less", _fmt_pass(w))
+    a = results.get("aggregation", {})
+    if "error" in a:
+        t.add_row("(b) server peak RSS", a["error"][:300], "", _fmt_pass(a))
+    elif a:
+        lines = [f"{r['mode']:6} {r['clients']} clients: {r['peak_rss_bytes'] / GB:.2f} GB "
+                 f"({r['aggregation_seconds']:.1f} s aggregating)" for r in a["runs"]]
+        if "stream_ratio_max_vs_min" in a:
+            lines.append(f"stream max/min = {a['stream_ratio_max_vs_min']:.2f}")
+        t.add_row("(b) server peak RSS aggregating full-size bf16 replies (stream = one at "
+                  "a time; held = all N in memory first, as Flower's Grid returns them)",
+                  "\n".join(lines), "8 clients ≤ 1.2× 2 clients (stream)", _fmt_pass(a))
+    o = results.get("overhead", {})
+    if "error" in o:
+        t.add_row("(c) round overhead, simulation", o["error"][:300], "", _fmt_pass(o))
+    elif o:
+        rows = ", ".join(f"r{r['round']}: {r['seconds']:.2f}−{r['client_seconds_max']:.2f}"
+                         for r in o["per_round"])
+        med = o["overhead_seconds_median"]
+        t.add_row("(c) round overhead, `zk0 simulate` tiny, 2 clients (round s − slowest "
+                  "client's training s; rounds between the first and the last)",
+                  f"median {med:.2f} s\n{rows}\nwarm-up round {o['warmup_round_seconds']:.1f} s"
+                  f"; whole run {o['wall_seconds']:.0f} s" if med is not None else rows,
+                  "≤ 1 s", _fmt_pass(o))
+    d = results.get("throughput", {})
+    if "error" in d:
+        t.add_row("(d) trainer throughput", d["error"][:300], "", _fmt_pass(d))
+    elif d:
+        lines = [f"workers {r['num_workers']}: zk0 {r['zk0_steps_per_s']:.1f} / plain "
+                 f"{r['plain_steps_per_s']:.1f} steps/s = {r['ratio']:.2f}; data wait "
+                 f"{100 * r['zk0_data_wait_share']:.0f}% / {100 * r['plain_data_wait_share']:.0f}%"
+                 for r in d["runs"]]
+        t.add_row(f"(d) zk0 trainer vs plain LeRobot loop, tiny model, batch {d['batch_size']} "
+                  f"(checked at the default {d['default_num_workers']} workers)",
+                  "\n".join(lines), "ratio ≥ 0.95", _fmt_pass(d))
+    e = results.get("tiny_run", {})
+    if e:
+        val = (f"{e['wall_seconds']:.0f} s (exit {e['exit_code']})" if e.get("measured")
+               else f"not measured: {e.get('reason') or e.get('error')}")
+        t.add_row("(e) `zk0 tiny-run` cold wall time", val, "-", "-")
+    g = results.get("gpu")
+    if g:
+        if "error" in g or not g.get("measured"):
+            t.add_row("(f) GPU, full-size SmolVLA", g.get("error") or g.get("reason"), "-", "-")
+        else:
+            lines = [f"batch {r['batch_size']}: {r['steps_per_s']:.2f} steps/s, peak "
+                     f"{r['peak_gpu_bytes'] / GB:.1f} GB" for r in g["runs"]]
+            t.add_row("(f) GPU full-size SmolVLA training, bf16 autocast", "\n".join(lines),
+                      "-", "-")
+    return t
+
+
+def main() -> None:
+    """Parse the flags, run every section, print the table, write the JSON."""
+    p = argparse.ArgumentParser(description="zk0 performance benchmarks")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer rounds/steps/repeats (a few minutes on 2 cores)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda adds the full-size GPU training figures")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    p.add_argument("--only", default="wire,aggregation,overhead,throughput,tiny_run,gpu",
+                   help="comma-separated sections to run")
+    args = p.parse_args()
+    only = set(args.only.split(","))
+
+    import logging
+
+    from rich.console import Console
+
+    logging.getLogger("zk0").setLevel(logging.WARNING)
+    from machine import machine_info
+
+    console = Console()
+    results: dict[str, Any] = {"machine": machine_info(), "device": args.device,
+                               "quick": args.quick, "timestamp": time.time()}
+    work = Path(tempfile.mkdtemp(prefix="zk0-bench-"))
+    shapes = work / "trainable_shapes.json"
+    if "wire" in only or "aggregation" in only:
+        from wire import measure_wire
+
+        console.print("(a) building the full-size SmolVLA and encoding it...")
+        _run("wire", lambda: measure_wire(shapes), results)
+    if "aggregation" in only and shapes.is_file():
+        from aggregate import measure_aggregation
+
+        console.print("(b) aggregating full-size replies, one process per count...")
+        held = [8] if args.quick else [2, 4, 8]
+        _run("aggregation", lambda: measure_aggregation(shapes, [2, 4, 8], held), results)
+    if "overhead" in only:
+        from overhead import measure_overhead
+
+        console.print("(c) zk0 simulate, tiny model, 2 clients...")
+        _run("overhead", lambda: measure_overhead(work, rounds=4 if args.quick else 6),
+             results)
+    if "throughput" in only:
+        from throughput import measure_throughput
+
+        console.print("(d) trainer vs plain LeRobot loop...")
+        _run("throughput", lambda: measure_throughput(
+            work, steps=30 if args.quick else 60, repeats=2 if args.quick else 3,
+            batch_size=8, workers=[0, 1] if args.quick else [0, 1, 2], device=args.device),
+            results)
+    if "tiny_run" in only:
+        from overhead import measure_tiny_run
+
+        console.print("(e) zk0 tiny-run, cold...")
+        _run("tiny_run", lambda: measure_tiny_run(work), results)
+    if "gpu" in only and args.device == "cuda":
+        from gpu import measure_gpu
+
+        console.print("(f) full-size SmolVLA on the GPU...")
+        _run("gpu", lambda: measure_gpu(batch_sizes=[16, 64], steps=5 if args.quick else 20),
+             results)
+    results["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    console.print(render(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Faults with real processes: bad replies, a hanging client, Ctrl-C, and a full disk."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from zk0cli.cli.app import app
+from zk0cli.core.rundir import RunDir, read_json
+
+MARK = "ZK0_FAULT_MARK"
+
+
+def marked(mark):
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get(MARK) == mark and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+    return out
+
+
+@pytest.mark.slow
+def test_bad_replies_and_a_hanging_client_are_excluded(tmp_path, monkeypatch):
+    faults = {"1": "nan", "2": "shape", "3": "hang"}
+    monkeypatch.setenv("ZK0_FAULT_INJECTION", json.dumps(faults))
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    res = CliRunner().invoke(app, [
+        "simulate", "--preset", "tiny", "--rounds", "1", "--clients", "4", "--out", str(out),
+        "--set", "federation.min_clients=1", "--set", "federation.round_timeout_s=45",
+        "--set", "training.steps_per_round=2", "--set", "eval.batches=1"])
+    assert res.exit_code == 0, res.output
+    assert time.monotonic() - t0 < 400  # the hanging client was cut at the round timeout
+    rd = RunDir(out)
+    r1 = read_json(rd.server_eval(1))
+    assert r1["aggregated"]
+    assert [c["client_id"] for c in r1["individual_client_training_metrics"]] == ["0"]
+    reasons = {f["client_id"]: f["reason"] for f in r1["failures"]}
+    assert "non-finite" in reasons["1"]
+    assert "wrong shape" in reasons["2"]
+    # The hanging client never reported its id, so it is known by its Flower node id.
+    [timeout] = [f for f in r1["failures"] if f["client_id"] not in {"0", "1", "2"}]
+    assert timeout["reason"] == "no reply before the round timeout"
+    assert timeout["client_id"] == str(timeout["node_id"])
+
+
+def _start(tmp_path, mark, *extra):
+    env = {**os.environ, MARK: mark}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zk0cli", "simulate", "--preset", "tiny", "--rounds", "20",
+         "--clients", "2", "--out", str(out), *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (out / "server" / "round_0_server_eval.json").is_file():
+            return proc, RunDir(out)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.3)
+    raise AssertionError("the run did not start in time")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_a_second_one_at_once(tmp_path):
+    mark = f"sigint-{os.getpid()}"
+    proc, rd = _start(tmp_path / "one", mark)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    run = read_json(rd.run_json)
+    assert run["status"] == "interrupted"
+    time.sleep(2)
+    assert marked(mark) == []
+
+    mark2 = f"sigterm2-{os.getpid()}"
+    proc, rd = _start(tmp_path / "two", mark2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 130
+    time.sleep(3)
+    assert marked(mark2) == []
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypatch):
+    """ENOSPC in the checkpoint writer: previous checkpoint and models/latest stay intact
+    and the error says how to continue."""
+    from zk0cli.core import policy
+    from zk0cli.core.checkpoint import write_checkpoint
+    from zk0cli.core.config import load_config
+    from zk0cli.core.recorder import RunRecorder
+    from zk0cli.errors import FederationError
+    from zk0cli.flower.server_app import RoundHook
+
+    cfg = load_config(preset="tiny")
+    rd = RunDir.create(tmp_path, name="run")
+    rd.config_json.write_text(cfg.model_dump_json(), encoding="utf-8")
+    first = write_checkpoint(rd, 1, save_policy=lambda d: (d / "x").write_bytes(b"1"),
+                             metrics={})
+
+    def disk_full(bundle, directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(policy, "save_bundle", disk_full)
+
+    class Evaluator:
+        bundle = None
+
+    hook = RoundHook(cfg, rd, Evaluator(), strategy=object(), recorder=RunRecorder(rd))
+    with pytest.raises(FederationError) as info:
+        hook._checkpoint(2, {"round": 2, "server_eval": None,
+                             "client_aggregated_training_metrics": None})
+    assert "No space left" in str(info.value) and "--resume" in str(info.value)
+    assert rd.latest_checkpoint() == first
+    assert not rd.checkpoint(2).exists()
