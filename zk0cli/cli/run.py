@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -121,7 +121,7 @@ def run_with_display(config: RunConfig, rundir: RunDir,
 
 
 def load_run_config(config: Path | None, preset: str | None, sets: list[str] | None,
-                    flags: dict[str, object]) -> RunConfig:
+                    flags: Mapping[str, object]) -> RunConfig:
     """Build the run configuration from ``--config``/``--preset``, ``--set`` and flags.
 
     Raises:
@@ -133,7 +133,7 @@ def load_run_config(config: Path | None, preset: str | None, sets: list[str] | N
 
 
 def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
-                    flags: dict[str, object]) -> tuple[RunDir, RunConfig]:
+                    flags: Mapping[str, object]) -> tuple[RunDir, RunConfig]:
     """Open a run directory to resume and build its continued configuration.
 
     The run's own ``config.json`` (or ``--config``) plus ``--set`` and flags, checked

@@ -478,7 +478,7 @@ def render_config_reference() -> str:
             if field.default is PydanticUndefined and field.default_factory is None:
                 default = "required"
             elif field.default_factory is not None:
-                default = f"`{field.default_factory()!r}`"
+                default = f"`{field.get_default(call_default_factory=True)!r}`"
             else:
                 default = f"`{field.default!r}`" if not isinstance(field.default, Path) \
                     else f"`{str(field.default)!r}`"

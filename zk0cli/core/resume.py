@@ -69,7 +69,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]
         :data:`BREAKING_PREFIXES` (model, datasets, clients, seed).
     """
     a, b = _flatten(old), _flatten(new)
-    breaking, safe = [], []
+    breaking: list[str] = []
+    safe: list[str] = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
