@@ -165,9 +165,10 @@ def analyze_run(
                               f"run(s) matching {opts.run!r}).")
             for other in target.others:
                 err_console.print(f"  also: {other.name}")
-        other = (resolve_run(opts.compare, outputs_root=opts.outputs_root).path
-                 if opts.compare else None)
-        analysis = run_analysis(target.path, compare=other, write_report=opts.write_report)
+        compare_path = (resolve_run(opts.compare, outputs_root=opts.outputs_root).path
+                        if opts.compare else None)
+        analysis = run_analysis(target.path, compare=compare_path,
+                                write_report=opts.write_report)
         if opts.format == "json":
             typer.echo(json.dumps(summary_jsonable(analysis.summary), indent=2))
         elif opts.format == "md":
