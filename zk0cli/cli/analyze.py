@@ -158,7 +158,9 @@ def analyze_run(
         except ValidationError as err:
             raise ConfigError([FieldProblem("--" + str(e["loc"][0]).replace("_", "-"),
                                             e.get("input"), e["msg"]) for e in err.errors()],
-                              source="zk0 analyze-run") from None
+                              source="zk0 analyze-run",
+                              hint="See `zk0 analyze-run --help` for the accepted values."
+                              ) from None
         target = resolve_run(opts.run, outputs_root=opts.outputs_root)
         if target.how != "path":
             err_console.print(f"Analysing {target.path} (newest of {1 + len(target.others)} "

@@ -80,10 +80,13 @@ def run_local_federation(config: RunConfig, *, out: Path | None, command: str,
     Raises:
         typer.Exit: With 1 when the run did not complete, 130 when interrupted.
     """
+    from zk0cli.core.rundir import check_new_dir
     from zk0cli.engine.prepare import prepare_datasets
     from zk0cli.engine.runs import create_run
     from zk0cli.engine.simulate import parallelism, run_simulation
 
+    if rundir is None and out is not None:
+        check_new_dir(out, purpose="--out")  # before minutes of dataset preparation
     with console.status("preparing datasets...") as status:
         prepare_datasets(config, on_dataset=lambda n: status.update(f"preparing dataset {n}..."))
     if rundir is None:

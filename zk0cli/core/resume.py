@@ -124,8 +124,8 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
         raise UsageError(
             f"Cannot resume {rundir.root}: the configuration changed in ways the checkpoint "
             f"cannot carry over:\n{lines}\nResume with the run's own settings for these "
-            "fields (only rounds, timeouts, evaluation, checkpoint and logging settings may "
-            "change), or start a new run."
+            "fields (rounds, timeouts, training hyper-parameters, evaluation, checkpoint and "
+            "logging settings may change), or start a new run."
         )
     if config.federation.rounds <= point.server_round:
         raise UsageError(
