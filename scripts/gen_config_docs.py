@@ -15,6 +15,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def main() -> int:
+    """Write (or with --check, verify) docs/configuration.md; returns the exit code."""
     text = render_config_reference()
     if "--check" in sys.argv:
         if not OUT.is_file() or OUT.read_text(encoding="utf-8") != text:

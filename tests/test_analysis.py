@@ -85,6 +85,15 @@ def test_seeded_anomaly_is_found(tmp_path: Path, case: str) -> None:
     assert all(f.evidence for f in matching)
 
 
+def test_zeroed_client_loss_is_no_generalization_gap(tmp_path: Path) -> None:
+    # 0 -> 0 is no fall, and the relative change from 0 is undefined (was ZeroDivisionError).
+    rd = write_run(tmp_path, composite=_composite([1.0, 0.9, 0.8, 0.84, 0.9, 0.8, 0.7]),
+                   client_loss=lambda c, n: 0.0)
+    s = _analyze(rd.root)
+    assert "generalization_gap" not in _kinds(s)
+    assert "zeroed_metric" in _kinds(s)
+
+
 def test_seeded_evidence_names_the_cause(tmp_path: Path) -> None:
     s = _analyze(write_run(tmp_path, failures={2: ["2"]}, checkpoint_tamper=[6],
                            overrides=[(3, ("client_aggregated_training_metrics", "loss_avg"),

@@ -75,8 +75,16 @@ def test_card_of_a_run_still_running_without_server_files(tmp_path: Path) -> Non
     write_json(run.run_json, {"status": "running"})
     text = str(build_model_card(run.root, checkpoint_round=1))
     assert "No server evaluation was recorded up to this round." in text
-    assert "The run was `running` when this card was written." in text
+    # A checkpoint is written while its run is running: that is no news for the card.
+    assert "when this card was written" not in text
     assert "| batch size | 12 |" in text  # config.json still read
+
+
+def test_card_of_an_interrupted_run_says_so(tmp_path: Path) -> None:
+    run = run_dir(tmp_path)
+    write_json(run.run_json, {"status": "interrupted"})
+    text = str(build_model_card(run.root, checkpoint_round=1))
+    assert "The run was `interrupted` when this card was written." in text
 
 
 def test_card_of_an_empty_directory(tmp_path: Path) -> None:

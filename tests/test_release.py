@@ -467,3 +467,12 @@ def test_test_command_that_leaves_files_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "changed the work tree" in result.output
     assert project_version(repo) == "0.1.0" and git(repo, "tag") == ""
+
+
+def test_non_conventional_prefix_is_kept_in_the_subject():
+    from zk0cli.release.changelog import OTHER, parse_commit
+
+    c = parse_commit("abc", "README: performance section")
+    assert c.type is None and c.description == "README: performance section"
+    assert c.group == OTHER
+    assert parse_commit("abd", "Fix(cli): typo").type == "fix"

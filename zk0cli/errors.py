@@ -50,16 +50,20 @@ class ConfigError(UsageError):
         source: Where the configuration came from (a file path or ``"--set"``), if known.
     """
 
-    def __init__(self, problems: Sequence[FieldProblem], *, source: str | None = None) -> None:
+    DEFAULT_HINT = ("Fix the fields above in the TOML file or with --set section.key=value; "
+                    "see docs/configuration.md for every field.")
+
+    def __init__(self, problems: Sequence[FieldProblem], *, source: str | None = None,
+                 hint: str | None = None) -> None:
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
         lines = "\n".join(f"  - {p}" for p in self.problems)
+        what = "configuration" if hint is None else "options"
         super().__init__(
-            f"Invalid configuration{where} ({len(self.problems)} problem"
+            f"Invalid {what}{where} ({len(self.problems)} problem"
             f"{'s' if len(self.problems) != 1 else ''}):\n{lines}\n"
-            "Fix the fields above in the TOML file or with --set section.key=value; "
-            "see docs/configuration.md for every field."
+            f"{self.DEFAULT_HINT if hint is None else hint}"
         )
 
 

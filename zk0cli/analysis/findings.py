@@ -11,6 +11,7 @@ import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from typing import TypeGuard
 
 from zk0cli.analysis.model import Finding, RoundRecord, RunData
 from zk0cli.analysis.thresholds import AnalysisThresholds
@@ -19,7 +20,7 @@ _ZERO_CLIENT_FIELDS = ("loss", "policy_loss", "grad_norm", "param_update_norm")
 _ZERO_AGG_FIELDS = ("loss_avg", "policy_loss_avg", "grad_norm_avg", "param_update_norm_avg")
 
 
-def _finite(x: float | None) -> bool:
+def _finite(x: float | None) -> TypeGuard[float]:
     return x is not None and math.isfinite(x)
 
 
@@ -61,7 +62,7 @@ def client_loss_avg(rec: RoundRecord) -> float | None:
 
 def composite_series(run: RunData) -> list[tuple[int, float]]:
     """``(round, server composite eval loss)`` for every round with a finite value."""
-    return [(r.round, r.composite) for r in run.rounds if _finite(r.composite)]  # type: ignore[misc]
+    return [(r.round, r.composite) for r in run.rounds if _finite(r.composite)]
 
 
 def _sampled(run: RunData) -> bool:
@@ -201,15 +202,14 @@ def detect_divergence(run: RunData, th: AnalysisThresholds) -> list[Finding]:
 
 def detect_stall(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     """``stall_window`` or more evaluations in a row without a new best server loss."""
-    series, out = composite_series(run), []
+    series = composite_series(run)
+    out: list[Finding] = []
     if not series:
         return out
-    best, since = series[0][1], []
-    for r, v in [*series[1:], (None, None)]:
-        improved = v is not None and v < best * (1.0 - th.stall_min_improvement)
-        if v is not None and not improved:
-            since.append((r, v))
-            continue
+    best = series[0][1]
+    since: list[tuple[int, float]] = []  # evaluations since the last new best
+
+    def flush() -> None:
         if len(since) >= th.stall_window:
             out.append(Finding(
                 kind="stall", severity="warning", rounds=[x for x, _ in since],
@@ -217,8 +217,15 @@ def detect_stall(run: RunData, th: AnalysisThresholds) -> list[Finding]:
                                                                   for x, y in since)],
                 message=f"no improvement of the server loss for {len(since)} evaluations "
                 f"(rounds {since[0][0]}-{since[-1][0]})"))
-        if v is not None:
-            best, since = v, []
+
+    for r, v in series[1:]:
+        if v < best * (1.0 - th.stall_min_improvement):
+            flush()
+            best = v
+            since.clear()
+        else:
+            since.append((r, v))
+    flush()
     return out
 
 
@@ -231,9 +238,9 @@ def detect_outlier_clients(run: RunData, th: AnalysisThresholds) -> list[Finding
             continue
         for cid, loss in losses.items():
             others = [v for k, v in losses.items() if k != cid]
-            mean, std = statistics.fmean(others), statistics.pstdev(others)  # type: ignore[arg-type]
+            mean, std = statistics.fmean(others), statistics.pstdev(others)
             limit = max(mean + th.outlier_std * std, mean * (1.0 + th.outlier_min_excess))
-            if loss > limit:  # type: ignore[operator]
+            if loss > limit:
                 per_client[cid].append((rec.round, f"round {rec.round}: loss {_fmt(loss)}, "
                                         f"others mean {_fmt(mean)} std {_fmt(std)}"))
     return [Finding(kind="outlier_client", severity="warning", client_id=cid,
@@ -308,12 +315,14 @@ def detect_incomplete_checkpoints(run: RunData, th: AnalysisThresholds) -> list[
 
 def detect_generalization_gap(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     """Client training loss falling while the held-out server loss rises."""
-    pts = [(r.round, client_loss_avg(r), r.composite) for r in run.training_rounds]
-    pts = [(n, c, s) for n, c, s in pts if _finite(c) and _finite(s)]
+    raw = [(r.round, client_loss_avg(r), r.composite) for r in run.training_rounds]
+    pts = [(n, c, s) for n, c, s in raw if _finite(c) and _finite(s)]
     w, hits = th.gap_window, []
     for i in range(len(pts) - w + 1):
         (n0, c0, s0), (n1, c1, s1) = pts[i], pts[i + w - 1]
-        if c1 <= c0 * (1 - th.gap_min_change) and s1 >= s0 * (1 + th.gap_min_change):
+        # A relative change needs a positive base (zeroed losses are detect_zeroed's).
+        if (c0 > 0 and s0 > 0 and c1 <= c0 * (1 - th.gap_min_change)
+                and s1 >= s0 * (1 + th.gap_min_change)):
             hits.append((i, i + w - 1))
     stretches: list[list[int]] = []
     for a, b in hits:

@@ -76,12 +76,20 @@ def _finish(fig: Any, axes: Sequence[Any], path: Path, title: str, ylabel: str) 
     fig.savefig(path)
 
 
+def _eval_loss(name: str) -> Callable[[RoundRow], float | None]:
+    return lambda r: r.eval_datasets.get(name)
+
+
+def _client_loss(cid: str) -> Callable[[RoundRow], float | None]:
+    return lambda r: r.client_losses.get(cid)
+
+
 def plot_server_eval_loss(rows: Sequence[RoundRow], path: Path) -> Series:
     """Server eval loss per round: composite and one line per eval dataset."""
     fig, (ax,) = _figure()
     _line(ax, rows, lambda r: r.composite, "composite", linewidth=2.5, color="black")
     for name in sorted({k for r in rows for k in r.eval_datasets}):
-        _line(ax, rows, lambda r, n=name: r.eval_datasets.get(n), name)
+        _line(ax, rows, _eval_loss(name), name)
     _finish(fig, [ax], path, "Server eval loss (held-out)", "flow-matching loss")
     return _drawn(ax)
 
@@ -91,7 +99,7 @@ def plot_client_loss(rows: Sequence[RoundRow], path: Path) -> Series:
     fig, (ax,) = _figure()
     for cid in sorted({k for r in rows for k in r.client_losses},
                       key=lambda c: (0, int(c)) if c.isdigit() else (1, c)):
-        _line(ax, rows, lambda r, c=cid: r.client_losses.get(c), f"client {cid}")
+        _line(ax, rows, _client_loss(cid), f"client {cid}")
     _line(ax, rows, lambda r: r.client_loss_avg, "mean", linewidth=2.5, color="black",
           linestyle="--")
     _finish(fig, [ax], path, "Client training loss", "loss")

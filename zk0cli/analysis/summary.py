@@ -51,14 +51,19 @@ def config_highlights(run: RunData) -> dict[str, Any]:
     """The configuration values worth seeing first (zk0 or upstream ``config.json``)."""
     cfg = run.config or {}
     if run.format == "upstream":  # {"run_config": {...}, "project_version": ...}
-        rc = cfg.get("run_config") if isinstance(cfg.get("run_config"), dict) else {}
-        out = {k: v for k, v in rc.items() if isinstance(v, int | float | str | bool)}
+        rc = cfg.get("run_config")
+        if not isinstance(rc, dict):
+            rc = {}
+        out: dict[str, Any] = {k: v for k, v in rc.items()
+                               if isinstance(v, int | float | str | bool)}
         if "project_version" in cfg:
             out["project_version"] = cfg["project_version"]
         return out
     flat = flatten(cfg)
     out = {k: flat[k] for k in _HIGHLIGHTS if k in flat}
-    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    data = cfg.get("data")
+    if not isinstance(data, dict):
+        data = {}
     for part in ("clients", "eval"):
         specs = data.get(part)
         if isinstance(specs, list):

@@ -158,16 +158,19 @@ def analyze_run(
         except ValidationError as err:
             raise ConfigError([FieldProblem("--" + str(e["loc"][0]).replace("_", "-"),
                                             e.get("input"), e["msg"]) for e in err.errors()],
-                              source="zk0 analyze-run") from None
+                              source="zk0 analyze-run",
+                              hint="See `zk0 analyze-run --help` for the accepted values."
+                              ) from None
         target = resolve_run(opts.run, outputs_root=opts.outputs_root)
         if target.how != "path":
             err_console.print(f"Analysing {target.path} (newest of {1 + len(target.others)} "
                               f"run(s) matching {opts.run!r}).")
             for other in target.others:
                 err_console.print(f"  also: {other.name}")
-        other = (resolve_run(opts.compare, outputs_root=opts.outputs_root).path
-                 if opts.compare else None)
-        analysis = run_analysis(target.path, compare=other, write_report=opts.write_report)
+        compare_path = (resolve_run(opts.compare, outputs_root=opts.outputs_root).path
+                        if opts.compare else None)
+        analysis = run_analysis(target.path, compare=compare_path,
+                                write_report=opts.write_report)
         if opts.format == "json":
             typer.echo(json.dumps(summary_jsonable(analysis.summary), indent=2))
         elif opts.format == "md":

@@ -103,7 +103,14 @@ def _quiet_encoders() -> None:
 
 def _run(req: SimRequest) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from zk0cli.core.sim import contact_sheet, generate_dataset
 
@@ -131,14 +138,17 @@ def _run(req: SimRequest) -> None:
             started = time.perf_counter()
             job = bar.add_task(task, total=req.episodes, fps=0.0)
 
-            def on_frames(n: int, job: int = job, started: float = started) -> None:
+            def on_frames(n: int, job: TaskID = job, started: float = started) -> None:
                 bar.update(job, fps=n / max(time.perf_counter() - started, 1e-6))
+
+            def on_episodes(done: int, total: int, job: TaskID = job) -> None:
+                bar.update(job, completed=done)
 
             generate_dataset(
                 task, root=root, repo_id=f"zk0/sim_{task}", episodes=req.episodes,
                 seed=req.seed, height=req.height, width=req.width,
                 only_success=req.only_success, overwrite=req.overwrite,
-                progress=lambda done, total, job=job: bar.update(job, completed=done),
+                progress=on_episodes,
                 frame_progress=on_frames)
     for task, root in roots.items():
         console.print(f"{task}: LeRobotDataset('zk0/sim_{task}', root='{root}')")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -80,10 +80,13 @@ def run_local_federation(config: RunConfig, *, out: Path | None, command: str,
     Raises:
         typer.Exit: With 1 when the run did not complete, 130 when interrupted.
     """
+    from zk0cli.core.rundir import check_new_dir
     from zk0cli.engine.prepare import prepare_datasets
     from zk0cli.engine.runs import create_run
     from zk0cli.engine.simulate import parallelism, run_simulation
 
+    if rundir is None and out is not None:
+        check_new_dir(out, purpose="--out")  # before minutes of dataset preparation
     with console.status("preparing datasets...") as status:
         prepare_datasets(config, on_dataset=lambda n: status.update(f"preparing dataset {n}..."))
     if rundir is None:
@@ -121,7 +124,7 @@ def run_with_display(config: RunConfig, rundir: RunDir,
 
 
 def load_run_config(config: Path | None, preset: str | None, sets: list[str] | None,
-                    flags: dict[str, object]) -> RunConfig:
+                    flags: Mapping[str, object]) -> RunConfig:
     """Build the run configuration from ``--config``/``--preset``, ``--set`` and flags.
 
     Raises:
@@ -133,7 +136,7 @@ def load_run_config(config: Path | None, preset: str | None, sets: list[str] | N
 
 
 def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
-                    flags: dict[str, object]) -> tuple[RunDir, RunConfig]:
+                    flags: Mapping[str, object]) -> tuple[RunDir, RunConfig]:
     """Open a run directory to resume and build its continued configuration.
 
     The run's own ``config.json`` (or ``--config``) plus ``--set`` and flags, checked

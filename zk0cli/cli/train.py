@@ -89,6 +89,10 @@ def train(
         if resume is not None and (out is not None or preset is not None):
             raise UsageError("--resume continues the given run directory: drop --out and "
                              "--preset (the run's config.json is the base).")
+        if out is not None:
+            from zk0cli.core.rundir import check_new_dir
+
+            check_new_dir(out, purpose="--out")  # before any process or dataset work
         if (superlink is None) == (local_nodes is None):
             raise UsageError("give exactly one of --superlink HOST:PORT (a running SuperLink) "
                              "or --local-nodes K (a trial on this machine).")

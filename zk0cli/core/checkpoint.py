@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from zk0cli.core.rundir import RunDir, read_json, write_json
+from zk0cli.core.rundir import RunDir, public_permissions, read_json, write_json
 from zk0cli.errors import CheckpointError
 from zk0cli.log import logger
 
@@ -121,6 +121,7 @@ def write_checkpoint(
         if write_card is not None:
             write_card(tmp)
         write_json(tmp / MANIFEST_JSON, build_manifest(tmp, server_round=server_round))
+        public_permissions(tmp)
         if final.exists():  # a stale copy from an earlier attempt at this round
             stale = final.with_name(f".{final.name}.stale-{int(time.time())}")
             os.replace(final, stale)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -344,10 +345,30 @@ def _problems_from(err: ValidationError, data: Mapping[str, Any]) -> list[FieldP
             value = None
         elif e["type"] == "extra_forbidden":
             msg = "unknown key; see docs/configuration.md for the accepted keys"
-        if isinstance(value, Mapping):  # model-level validator: show the fields, not the dict
-            value = "{...}"
+        if isinstance(value, Mapping):  # a cross-field check: name the field it is about
+            path, value = _field_of_cross_check(loc, msg, value)
         problems.append(FieldProblem(path, value, msg))
     return problems
+
+
+_FIELD_IN_MESSAGE = re.compile(r"^(?P<field>[a-z_]+(?:\.[a-z_]+)*)\b")
+
+
+def _field_of_cross_check(loc: list[str], msg: str, section: Mapping[str, Any]
+                          ) -> tuple[str, object]:
+    """Dotted path and value of the field a model-level check names first in its message.
+
+    Cross-field validators start their message with the field they are about
+    ("min_clients (3) must be <= ..."); without that the error would point at a section.
+    """
+    m = _FIELD_IN_MESSAGE.match(msg)
+    if not m:
+        return ".".join(loc) or "(top level)", "(see the rule)"
+    parts = m.group("field").split(".")
+    node: Any = section
+    for part in parts:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return ".".join([*loc, *parts]), node if not isinstance(node, Mapping) else "(section)"
 
 
 def validate_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
@@ -422,6 +443,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: The file is missing, unreadable or not valid TOML/JSON.
     """
+    if path.is_dir():
+        raise ConfigError([FieldProblem("--config", str(path),
+                                        "is a directory; expected a TOML file")])
     if not path.is_file():
         raise ConfigError([FieldProblem("--config", str(path), "file does not exist")])
     try:
@@ -538,7 +562,7 @@ def render_config_reference() -> str:
             if field.default is PydanticUndefined and field.default_factory is None:
                 default = "required"
             elif field.default_factory is not None:
-                default = f"`{field.default_factory()!r}`"
+                default = f"`{field.get_default(call_default_factory=True)!r}`"
             else:
                 default = f"`{field.default!r}`" if not isinstance(field.default, Path) \
                     else f"`{str(field.default)!r}`"

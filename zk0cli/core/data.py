@@ -317,8 +317,8 @@ def make_loader(
 
     gen = torch.Generator()
     gen.manual_seed(seed)
-    extra = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES} \
-        if num_workers > 0 else {}
+    extra: dict[str, Any] = ({"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES}
+                             if num_workers > 0 else {})
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
         num_workers=num_workers, **extra,

@@ -69,7 +69,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]
         :data:`BREAKING_PREFIXES` (model, datasets, clients, seed).
     """
     a, b = _flatten(old), _flatten(new)
-    breaking, safe = [], []
+    breaking: list[str] = []
+    safe: list[str] = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
@@ -123,8 +124,8 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
         raise UsageError(
             f"Cannot resume {rundir.root}: the configuration changed in ways the checkpoint "
             f"cannot carry over:\n{lines}\nResume with the run's own settings for these "
-            "fields (only rounds, timeouts, evaluation, checkpoint and logging settings may "
-            "change), or start a new run."
+            "fields (rounds, timeouts, training hyper-parameters, evaluation, checkpoint and "
+            "logging settings may change), or start a new run."
         )
     if config.federation.rounds <= point.server_round:
         raise UsageError(

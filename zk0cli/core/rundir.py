@@ -63,6 +63,58 @@ def _sanitize(obj: Any) -> Any:
     return obj
 
 
+def create_dir(path: Path, *, purpose: str) -> None:
+    """``mkdir -p`` with a user-facing error.
+
+    Args:
+        path: Folder to create (existing folders are fine).
+        purpose: What the folder is for, named in the error (``"--out"``).
+
+    Raises:
+        RunDirError: The folder cannot be created (a file in the way, no permission...).
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(
+            f"cannot create {purpose} {path}: {err.strerror or err}. Choose a folder you can "
+            "write to (a path whose parents are folders, not files)."
+        ) from None
+
+
+def check_new_dir(path: Path, *, purpose: str) -> Path:
+    """Check, without creating anything, that ``path`` does not exist and could be created.
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        RunDirError: ``path`` exists, or its nearest existing parent is not a writable folder.
+    """
+    path = Path(path).absolute()
+    if path.exists():
+        raise RunDirError(f"{purpose} {path} already exists; choose a new directory (zk0 never "
+                          "writes into an existing run directory).")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create {purpose} {path}: {parent} is not a writable folder.")
+    return path
+
+
+def public_permissions(path: Path) -> None:
+    """Give ``path`` (and everything under it) the permissions the umask allows.
+
+    Temporary files and folders are created private (0600/0700); run directories are
+    meant to be shared like any other output.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON atomically; non-finite floats become strings.
 
@@ -75,6 +127,7 @@ def write_json(path: Path, data: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_sanitize(data), fh, indent=2, default=_json_default, allow_nan=False)
             fh.write("\n")
+        public_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -112,15 +165,19 @@ class RunDir:
         A name already taken gets a ``-1``, ``-2``... suffix; nothing is overwritten.
         """
         output_root = Path(output_root).absolute()
+        create_dir(output_root, purpose="the outputs folder")
         base = name or datetime.now().strftime(RUN_NAME_FORMAT)
         candidate, i = output_root / base, 0
         while True:
             try:
-                candidate.mkdir(parents=True, exist_ok=False)
+                candidate.mkdir(exist_ok=False)
                 break
             except FileExistsError:
                 i += 1
                 candidate = output_root / f"{base}-{i}"
+            except OSError as err:
+                raise RunDirError(f"cannot create the run directory {candidate}: "
+                                  f"{err.strerror or err}.") from None
         rd = cls(candidate)
         for sub in (SERVER_DIR, CLIENTS_DIR, MODELS_DIR):
             (rd.root / sub).mkdir(exist_ok=True)
@@ -236,6 +293,7 @@ class RunDir:
         fd, tmp = tempfile.mkstemp(prefix=".latest.", dir=self.models_dir)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(checkpoint_dir.name + "\n")
+        public_permissions(Path(tmp))
         os.replace(tmp, self.latest)
 
     def read_run(self) -> dict[str, Any]:

@@ -165,8 +165,8 @@ def train_round(
     w_start = get_trainable_state(policy)
     w_global = {n: p.detach().clone() for n, p in params.items()}
     opt = torch.optim.AdamW(
-        list(params.values()), lr=lr, betas=tuple(training.betas), eps=training.eps,
-        weight_decay=training.weight_decay,
+        list(params.values()), lr=lr, betas=(training.betas[0], training.betas[1]),
+        eps=training.eps, weight_decay=training.weight_decay,
     )
     sums = {C.LOSS: 0.0, C.POLICY_LOSS: 0.0, C.FEDPROX_LOSS: 0.0, C.GRAD_NORM: 0.0}
     examples = 0

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zk0cli.core.rundir import create_dir
 from zk0cli.errors import UsageError
 from zk0cli.log import logger
 
@@ -188,7 +189,7 @@ def make_certificates(out: Path, *, hosts: Sequence[str], nodes: int = 0,
     if existing:
         raise UsageError(f"{existing[0]} already exists; zk0 never overwrites certificates. "
                          "Choose another --out directory.")
-    out.mkdir(parents=True, exist_ok=True)
+    create_dir(out, purpose="the certificate folder")
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
 

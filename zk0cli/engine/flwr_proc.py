@@ -305,6 +305,7 @@ class InterruptGuard:
             raise KeyboardInterrupt
         try:
             self.kill_now()
+            _kill_own_children()  # e.g. a `flwr stop` still running from the clean-up
         finally:
             os._exit(130)
 
@@ -336,5 +337,15 @@ def kill_tree_now(procs: Sequence[subprocess.Popen[Any]]) -> None:
                     p.kill()
                 except psutil.NoSuchProcess:
                     pass
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _kill_own_children() -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
         except psutil.NoSuchProcess:
             pass

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zk0cli.core.config import RunConfig, config_to_json
-from zk0cli.core.rundir import RunDir, read_json
+from zk0cli.core.rundir import RunDir, check_new_dir, read_json
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
 from zk0cli.errors import FederationError, RunDirError
 from zk0cli.log import logger
@@ -61,10 +61,7 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
         RunDirError: ``out`` already exists (nothing is overwritten).
     """
     if out is not None:
-        out = Path(out).absolute()
-        if out.exists():
-            raise RunDirError(f"--out {out} already exists; choose a new directory (zk0 never "
-                              "writes into an existing run directory).")
+        out = check_new_dir(out, purpose="--out")
         rundir = RunDir.create(out.parent, name=out.name)
     else:
         rundir = RunDir.create(config.output_root)

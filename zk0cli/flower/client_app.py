@@ -87,6 +87,18 @@ def _state(cfg: RunConfig, context: Context, cfg_key: str) -> _ClientState:
     return state
 
 
+def _number(conf: ConfigRecord, key: str, default: float) -> float:
+    """A numeric train-config value sent by the server.
+
+    Raises:
+        ValueError: The server sent something that is not a number.
+    """
+    value = conf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"train config {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
 def _round_seed(seed: int, server_round: int, client_id: str) -> int:
     """Seed of one client's round: data order, flow-matching noise and time."""
     import zlib
@@ -128,14 +140,15 @@ def train(msg: Message, context: Context) -> Message:
         cfg, _run_dir = run_config_of(dict(context.run_config))
         state = _state(cfg, context, str(context.run_config.get(K.RUN_CONFIG_PATH_KEY)))
         client_id = state.client_id
-        conf = msg.content[K.CONFIG_KEY]
-        server_round = int(conf.get(K.ROUND_KEY, conf.get(K.SERVER_ROUND_KEY, 0)))
+        conf = msg.content.config_records[K.CONFIG_KEY]
+        server_round = int(_number(conf, K.ROUND_KEY, _number(conf, K.SERVER_ROUND_KEY, 0)))
         if K.STATS_KEY in conf:  # data.stats = "federated": normalise with the merged stats
             from zk0cli.flower.stats import apply_stats
 
             state.bundle, state.stats_digest = apply_stats(
                 state.bundle, str(conf[K.STATS_KEY]), cfg, state.stats_digest)
-        set_trainable_state(state.bundle.policy, from_array_record(msg.content[K.ARRAYS_KEY]),
+        set_trainable_state(state.bundle.policy,
+                            from_array_record(msg.content.array_records[K.ARRAYS_KEY]),
                             source="server")
         # A fresh loader per round, seeded by (seed, round, client): the data order of a
         # round does not depend on which process ran the earlier rounds (resume-safe).
@@ -144,9 +157,9 @@ def train(msg: Message, context: Context) -> Message:
                              num_workers=cfg.training.num_workers)
         result = train_round(
             state.bundle, loader,
-            steps=int(conf.get(K.STEPS_KEY, cfg.training.steps_per_round)),
-            lr=float(conf.get(K.LR_KEY, cfg.training.lr)),
-            mu=float(conf.get(K.PROXIMAL_MU_KEY, 0.0)),
+            steps=int(_number(conf, K.STEPS_KEY, cfg.training.steps_per_round)),
+            lr=_number(conf, K.LR_KEY, cfg.training.lr),
+            mu=_number(conf, K.PROXIMAL_MU_KEY, 0.0),
             training=cfg.training, dataset_name=state.dataset_name,
             seed=_round_seed(cfg.seed, server_round, client_id),
         )
@@ -158,10 +171,10 @@ def train(msg: Message, context: Context) -> Message:
         logger.error("client %s: local training failed: %s", client_id, err)
         logger.debug("%s", traceback.format_exc())
         return _failure_reply(msg, client_id, f"{type(err).__name__}: {err}")
-    numbers = {k: v for k, v in result.metrics.items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
+    numbers: dict[str, Any] = {k: v for k, v in result.metrics.items()
+                               if isinstance(v, int | float) and not isinstance(v, bool)}
     numbers[K.NUM_EXAMPLES_KEY] = int(result.metrics[K.NUM_EXAMPLES])
-    strings = {k: str(v) for k, v in result.metrics.items() if isinstance(v, str)}
+    strings: dict[str, Any] = {k: v for k, v in result.metrics.items() if isinstance(v, str)}
     strings[K.CLIENT_ID] = client_id
     content = RecordDict({
         K.ARRAYS_KEY: to_array_record(tensors, transport_dtype=cfg.federation.transport_dtype),

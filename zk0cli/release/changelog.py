@@ -25,6 +25,12 @@ DOCS = "Documentation"
 OTHER = "Other"
 GROUP_ORDER: tuple[str, ...] = (BREAKING, FEATURES, FIXES, DOCS, OTHER)
 _GROUP_OF_TYPE = {"feat": FEATURES, "fix": FIXES, "docs": DOCS}
+# The Conventional Commits types (with the Angular convention's extras); a subject such as
+# "README: fix a link" is not conventional and keeps its prefix in the changelog.
+CONVENTIONAL_TYPES: frozenset[str] = frozenset({
+    "feat", "fix", "docs", "style", "refactor", "perf", "test", "build", "ci", "chore",
+    "revert",
+})
 
 _SUBJECT = re.compile(
     r"^(?P<type>[A-Za-z][\w-]*)(?:\((?P<scope>[^()]*)\))?(?P<bang>!)?: +(?P<desc>\S.*)$"
@@ -78,7 +84,7 @@ def parse_commit(sha: str, message: str) -> Commit:
     match = _SUBJECT.match(subject)
     footer = _BREAKING_FOOTER.search(body)
     note = footer.group("text").strip() if footer else ""
-    if match is None:
+    if match is None or match.group("type").lower() not in CONVENTIONAL_TYPES:
         return Commit(sha, subject, None, None, subject, footer is not None, note)
     return Commit(
         sha=sha,

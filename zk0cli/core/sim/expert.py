@@ -293,7 +293,8 @@ def run_expert_episode(env: SimEnv, seed: int, *, max_steps: int = 400,
     expert = expert or ScriptedExpert()
     obs = env.reset(seed)
     expert.start_episode(env)
-    observations, actions = [], []
+    observations: list[dict[str, Any]] = []
+    actions: list[np.ndarray] = []
     while not expert.done and len(actions) < max_steps:
         action = expert(obs)
         observations.append(obs)

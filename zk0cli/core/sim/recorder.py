@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from zk0cli.core.rundir import create_dir
 from zk0cli.core.sim import scene
 from zk0cli.core.sim.tasks import SIM_TASKS
 from zk0cli.errors import SimulatorError, UsageError
@@ -114,7 +115,13 @@ def generate_dataset(
                 f"Dataset folder {root} already exists; nothing was written. Pass --overwrite "
                 "(overwrite=True) to replace it, or choose another --out."
             )
+        if not (root / "meta" / "info.json").is_file() and any(root.iterdir()):
+            raise UsageError(
+                f"{root} exists and is not a LeRobotDataset (no meta/info.json); --overwrite "
+                "only replaces datasets. Nothing was deleted; choose another --out."
+            )
         shutil.rmtree(root)
+    create_dir(root.parent, purpose="the dataset folder")
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from zk0cli.core.sim.env import SimEnv
