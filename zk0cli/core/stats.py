@@ -39,8 +39,8 @@ from zk0cli.errors import DatasetError
 if TYPE_CHECKING:
     from zk0cli.core.data import DatasetRef
 
-VECTOR = "vector"
-IMAGE = "image"
+VECTOR: Literal["vector"] = "vector"
+IMAGE: Literal["image"] = "image"
 DEFAULT_IMAGE_FRAMES = 64
 """Frames sampled per client for camera statistics (evenly spaced)."""
 

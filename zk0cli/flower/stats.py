@@ -93,7 +93,8 @@ def answer_stats(msg: Message, cfg: RunConfig, partition: Any, client_id: str) -
     from zk0cli.core.stats import compute_sums, sums_to_json
 
     conf = msg.content.config_records.get(K.CONFIG_KEY, ConfigRecord())
-    frames = int(conf.get(K.IMAGE_FRAMES_KEY, cfg.data.stats_image_frames))
+    raw = conf.get(K.IMAGE_FRAMES_KEY, cfg.data.stats_image_frames)
+    frames = int(raw) if isinstance(raw, int | float) else cfg.data.stats_image_frames
     info: dict[str, Any] = {K.CLIENT_ID: client_id}
     try:
         sums = compute_sums(partition.ref, partition.train_episodes,
