@@ -240,6 +240,7 @@ class Zk0FedProx(FedProx):
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
         self.round_offset = 0  # rounds done before this process started (resume)
+        self.prior_losses: dict[int, list[float]] = {}  # from the round files, on resume
         self._sent: dict[int, list[Message]] = {}
         self._client_ids: dict[int, str] = {}  # node id -> client id it reported
         self.node_wait_timeout_s = node_wait_timeout_s
@@ -269,9 +270,14 @@ class Zk0FedProx(FedProx):
         return messages
 
     def loss_history(self) -> dict[int, list[float]]:
-        """Round -> policy losses of the clients aggregated in that round."""
-        return {r: [float(c.metrics[K.POLICY_LOSS]) for c in o.ok_reports
-                    if K.POLICY_LOSS in c.metrics] for r, o in self.outcomes.items()}
+        """Round -> policy losses of the clients aggregated in that round.
+
+        Includes :attr:`prior_losses` (rounds recorded before a resume), so an adaptive mu
+        schedule continues where it was.
+        """
+        current = {r: [float(c.metrics[K.POLICY_LOSS]) for c in o.ok_reports
+                       if K.POLICY_LOSS in c.metrics] for r, o in self.outcomes.items()}
+        return {**self.prior_losses, **current}
 
     def _configure_train_bounded(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -48,6 +48,7 @@ from zk0cli.engine.flwr_proc import (
     free_port,
     kill_tree_now,
     make_app_dir,
+    reap_survivors,
     register_node,
     start_process,
     stop_run,
@@ -399,6 +400,7 @@ def _local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, wor
     finally:
         for proc in reversed(procs):  # nodes first, then the SuperLink
             stop_tree(proc)
+        reap_survivors()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -153,13 +153,58 @@ class FlowerHome:
         return flower_env({**self.extra_env, "FLWR_HOME": str(self.path)})
 
 
+#: Environment variable that marks every process this zk0 process starts (and their
+#: descendants, which inherit it), so that survivors can be found and stopped.
+PROCESS_TOKEN_ENV = "ZK0_PROCESS_TOKEN"
+PROCESS_TOKEN = f"{os.getpid()}-{os.urandom(6).hex()}"
+
+
 def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This environment, quiet and offline-safe, with this Python's scripts first on PATH."""
     bindir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
     if bindir not in path.split(os.pathsep):
         path = bindir + os.pathsep + path if path else bindir
-    return {**os.environ, **QUIET_ENV, "PATH": path, **(extra or {})}
+    return {**os.environ, **QUIET_ENV, "PATH": path, PROCESS_TOKEN_ENV: PROCESS_TOKEN,
+            **(extra or {})}
+
+
+def reap_survivors(*, grace_s: float = 20.0) -> int:
+    """Wait for every process zk0 started to exit; SIGKILL those still alive after ``grace_s``.
+
+    Processes that left the SuperLink's tree (Ray workers reparented to init while Ray
+    shuts down) are found through :data:`PROCESS_TOKEN_ENV` in their environment.
+
+    Returns:
+        How many processes had to be killed.
+    """
+    import psutil
+
+    def survivors() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["pid"]):
+            if p.info["pid"] == os.getpid():
+                continue
+            try:
+                if p.environ().get(PROCESS_TOKEN_ENV) == PROCESS_TOKEN and \
+                        p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+        return found
+
+    deadline = time.monotonic() + grace_s
+    left = survivors()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = survivors()
+    for p in left:
+        logger.warning("killing leftover process %s (%s)", p.pid, p.name())
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(left)
 
 
 def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,

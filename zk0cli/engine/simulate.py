@@ -25,6 +25,7 @@ from zk0cli.engine.flwr_proc import (
     free_port,
     kill_tree_now,
     make_app_dir,
+    reap_survivors,
     start_process,
     stop_run,
     stop_tree,
@@ -99,6 +100,7 @@ def run_simulation(config: RunConfig, rundir: RunDir, *,
             raise
         finally:
             stop_tree(proc)
+            reap_survivors()
             shutil.rmtree(work, ignore_errors=True)
 
 

@@ -112,6 +112,21 @@ class RoundHook:
         self.changed_since_checkpoint = False
 
 
+def recorded_client_losses(rundir: RunDir, *, up_to: int) -> dict[int, list[float]]:
+    """Round -> aggregated clients' policy losses, from the round files 1..``up_to``."""
+    from zk0cli import constants as K
+    from zk0cli.core.rundir import read_json
+
+    out: dict[int, list[float]] = {}
+    for r in range(1, up_to + 1):
+        path = rundir.server_eval(r)
+        if path.is_file():
+            clients = read_json(path).get("individual_client_training_metrics") or []
+            out[r] = [float(c[K.POLICY_LOSS]) for c in clients
+                      if isinstance(c.get(K.POLICY_LOSS), int | float)]
+    return out
+
+
 def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder) -> None:
     """Run the whole federation from the ServerApp.
 
@@ -152,6 +167,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         transport_dtype=fed.transport_dtype,
     )
     strategy.round_offset = offset
+    strategy.prior_losses = recorded_client_losses(rundir, up_to=offset)
     train_config = ConfigRecord()
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
