@@ -30,26 +30,33 @@ def marked(mark):
 
 
 @pytest.mark.slow
-def test_bad_replies_and_a_hanging_client_are_excluded(tmp_path, monkeypatch):
-    faults = {"1": "nan", "2": "shape", "3": "hang"}
+def test_bad_replies_a_raising_and_a_hanging_client_are_excluded(tmp_path, monkeypatch):
+    """One run, five clients: 0 trains (with mu = 0: its proximal loss is exactly 0), 1 sends
+    NaN, 2 a wrong shape, 3 hangs past the round timeout, 4 raises."""
+    faults = {"1": "nan", "2": "shape", "3": "hang", "4": "raise"}
     monkeypatch.setenv("ZK0_FAULT_INJECTION", json.dumps(faults))
     out = tmp_path / "run"
     t0 = time.monotonic()
     res = CliRunner().invoke(app, [
-        "simulate", "--preset", "tiny", "--rounds", "1", "--clients", "4", "--out", str(out),
+        "simulate", "--preset", "tiny", "--rounds", "1", "--clients", "5", "--out", str(out),
         "--set", "federation.min_clients=1", "--set", "federation.round_timeout_s=45",
+        "--set", "federation.proximal_mu=0", "--set", "data.partition=episodes",
+        "--set", "data.sim.episodes=6", "--set", "data.heldout_episodes=0",
         "--set", "training.steps_per_round=2", "--set", "eval.batches=1"])
     assert res.exit_code == 0, res.output
     assert time.monotonic() - t0 < 400  # the hanging client was cut at the round timeout
     rd = RunDir(out)
     r1 = read_json(rd.server_eval(1))
     assert r1["aggregated"]
-    assert [c["client_id"] for c in r1["individual_client_training_metrics"]] == ["0"]
+    [ok] = r1["individual_client_training_metrics"]
+    assert ok["client_id"] == "0" and ok["fedprox_loss"] == 0.0  # mu = 0: exactly zero
     reasons = {f["client_id"]: f["reason"] for f in r1["failures"]}
     assert "non-finite" in reasons["1"]
     assert "wrong shape" in reasons["2"]
+    assert "RuntimeError: injected client failure" in reasons["4"]
+    assert read_json(rd.client_round("4", 1))["status"] == "failed"
     # The hanging client never reported its id, so it is known by its Flower node id.
-    [timeout] = [f for f in r1["failures"] if f["client_id"] not in {"0", "1", "2"}]
+    [timeout] = [f for f in r1["failures"] if f["client_id"] not in {"0", "1", "2", "4"}]
     assert timeout["reason"] == "no reply before the round timeout"
     assert timeout["client_id"] == str(timeout["node_id"])
 

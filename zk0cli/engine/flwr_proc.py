@@ -169,7 +169,7 @@ def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             **(extra or {})}
 
 
-def reap_survivors(*, grace_s: float = 20.0) -> int:
+def reap_survivors(*, grace_s: float = 5.0) -> int:
     """Wait for every process zk0 started to exit; SIGKILL those still alive after ``grace_s``.
 
     Processes that left the SuperLink's tree (Ray workers reparented to init while Ray
