@@ -13,49 +13,15 @@ os.environ.setdefault("HF_LEROBOT_HOME", os.path.join(_CACHE, "lerobot"))
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SO101_REPO = "zk0test/so101"
 
-JOINTS = ["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.pos",
-          "wrist_roll.pos", "gripper.pos"]
-TASK = "pick up the red cube"
+def write_dataset(root: Path, **kwargs) -> Path:
+    """A structured SO-101-like dataset (see :func:`zk0cli.testing.write_synthetic_dataset`)."""
+    from zk0cli.testing import write_synthetic_dataset
 
-
-def write_dataset(root: Path, *, repo_id: str = "zk0test/so101", episodes: int = 4,
-                  frames: int = 20, size: int = 32, cameras=("top", "wrist"),
-                  use_videos: bool = False, fps: int = 10, seed: int = 0) -> Path:
-    """Write a structured SO-101-like dataset: smooth joint trajectories, images whose
-    brightness follows the arm, action = next state. Returns ``root``."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    kind = "video" if use_videos else "image"
-    features = {
-        "observation.state": {"dtype": "float32", "shape": (6,), "names": JOINTS},
-        "action": {"dtype": "float32", "shape": (6,), "names": JOINTS},
-    }
-    for cam in cameras:
-        features[f"observation.images.{cam}"] = {
-            "dtype": kind, "shape": (size, size, 3), "names": ["height", "width", "channels"]}
-    ds = LeRobotDataset.create(repo_id, fps=fps, features=features, root=root,
-                               robot_type="so101_follower", use_videos=use_videos)
-    rng = np.random.default_rng(seed)
-    for _ in range(episodes):
-        phase = rng.uniform(0, 2 * np.pi, size=6)
-        t = np.arange(frames + 1) / frames
-        traj = (30 * np.sin(2 * np.pi * t[:, None] + phase[None, :])).astype(np.float32)
-        for i in range(frames):
-            frame = {"observation.state": traj[i], "action": traj[i + 1], "task": TASK}
-            level = np.uint8(int(128 + 3 * traj[i, 0]))
-            for c, cam in enumerate(cameras):
-                img = np.full((size, size, 3), level, dtype=np.uint8)
-                img[: size // 2, :, c % 3] = np.uint8(255 - level)
-                frame[f"observation.images.{cam}"] = img
-            ds.add_frame(frame)
-        ds.save_episode()
-    ds.finalize()
-    return root
+    return write_synthetic_dataset(root, **kwargs)
 
 
 @pytest.fixture(scope="session", autouse=True)
