@@ -15,7 +15,23 @@ from typing import Any
 
 from zk0cli import constants as C
 from zk0cli.analysis.model import CheckpointRecord, ClientRecord, RoundRecord, RunData
-from zk0cli.core.rundir import RUN_JSON, RUN_STATUSES, RunDir, read_json
+from zk0cli.core import contract as R
+from zk0cli.core.contract import (
+    AGG_NUM_CLIENTS,
+    CLIENT,
+    CONFIG_JSON,
+    EVAL,
+    FAILURE,
+    LATEST,
+    MANIFEST_JSON,
+    MODELS_DIR,
+    ROUND,
+    ROW,
+    RUN,
+    RUN_JSON,
+    RUN_STATUSES,
+)
+from zk0cli.core.rundir import RunDir, read_json
 from zk0cli.errors import RunDirError
 from zk0cli.log import logger
 
@@ -24,13 +40,7 @@ _NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math
 _CLIENT_FIELDS = (C.LOSS, C.POLICY_LOSS, C.FEDPROX_LOSS, C.GRAD_NORM, C.PARAM_UPDATE_NORM,
                   C.NUM_EXAMPLES, C.NUM_STEPS, C.LR_KEY, C.SECONDS)
 # aggregated client metrics: zk0 names, and the upstream / federated_metrics.json aliases
-_AGG_ALIASES = {
-    "avg_client_loss": "loss_avg", "std_client_loss": "loss_std",
-    "avg_policy_loss": "policy_loss_avg", "avg_client_policy_loss": "policy_loss_avg",
-    "avg_fedprox_loss": "fedprox_loss_avg", "avg_client_proximal_loss": "fedprox_loss_avg",
-    "avg_grad_norm": "grad_norm_avg", "avg_client_grad_norm": "grad_norm_avg",
-    "avg_param_update_norm": "param_update_norm_avg", "param_update_norm": "param_update_norm_avg",
-}
+_AGG_ALIASES = R.UPSTREAM_AGGREGATE_ALIASES
 
 
 class _Reader:
@@ -63,13 +73,14 @@ def _rel(rd: RunDir, path: Path) -> str:
 
 
 def _client(raw: dict[str, Any], rdr: _Reader, where: str, idx: int) -> ClientRecord:
-    cid = str(raw.get(C.CLIENT_ID, raw.get("cid", f"#{idx}")))
+    cid = str(raw.get(CLIENT.client_id, raw.get(R.UPSTREAM_CLIENT_ID, f"#{idx}")))
     values = {k: rdr.num(raw.get(k), where, f"clients[{cid}].{k}") for k in _CLIENT_FIELDS}
-    failed = raw.get("status") == "failed" or bool(raw.get(C.FAILED)) or bool(raw.get(C.ERROR))
+    failed = raw.get(CLIENT.status) == "failed" or bool(raw.get(R.LEGACY_FAILED)) \
+        or bool(raw.get(CLIENT.error))
     return ClientRecord(
         client_id=cid, status="failed" if failed else "ok",
-        error=str(raw[C.ERROR]) if raw.get(C.ERROR) else None,
-        dataset_name=raw.get(C.DATASET_NAME), **values,
+        error=str(raw[CLIENT.error]) if raw.get(CLIENT.error) else None,
+        dataset_name=raw.get(CLIENT.dataset_name), **values,
     )
 
 
@@ -83,15 +94,16 @@ def _aggregated(raw: dict[str, Any], rdr: _Reader, where: str) -> dict[str, floa
 
 
 def _eval_datasets(raw: dict[str, Any], rdr: _Reader, where: str) -> dict[str, float | None]:
-    server_eval = raw.get("server_eval")
-    if isinstance(server_eval, dict) and isinstance(server_eval.get("datasets"), dict):
-        return {str(k): rdr.num(v, where, f"server_eval.datasets.{k}")
-                for k, v in server_eval["datasets"].items()}
+    server_eval = raw.get(ROUND.server_eval)
+    if isinstance(server_eval, dict) and isinstance(server_eval.get(EVAL.datasets), dict):
+        return {str(k): rdr.num(v, where, f"{ROUND.server_eval}.{EVAL.datasets}.{k}")
+                for k, v in server_eval[EVAL.datasets].items()}
     out = {}  # upstream: a list of {dataset_name, loss, ...}
-    for i, item in enumerate(raw.get("server_per_dataset_eval_results") or []):
+    for i, item in enumerate(raw.get(R.UPSTREAM_PER_DATASET_EVAL) or []):
         if isinstance(item, dict):
-            name = str(item.get(C.DATASET_NAME) or item.get("evaldata_id", i))
-            out[name] = rdr.num(item.get(C.LOSS), where, f"server_per_dataset_eval_results.{name}")
+            name = str(item.get(C.DATASET_NAME) or item.get(R.UPSTREAM_EVALDATA_ID, i))
+            out[name] = rdr.num(item.get(C.LOSS), where,
+                                f"{R.UPSTREAM_PER_DATASET_EVAL}.{name}")
     return out
 
 
@@ -106,47 +118,51 @@ def _round_from_eval(rd: RunDir, n: int, rdr: _Reader, notes: list[str]) -> Roun
     if not isinstance(raw, dict):
         notes.append(f"{where} is not a JSON object; round {n} skipped.")
         return None
-    server_eval = raw.get("server_eval")
-    if isinstance(server_eval, dict) and "composite" in server_eval:
-        composite = rdr.num(server_eval.get("composite"), where, "server_eval.composite")
+    server_eval = raw.get(ROUND.server_eval)
+    if isinstance(server_eval, dict) and EVAL.composite in server_eval:
+        composite = rdr.num(server_eval.get(EVAL.composite), where,
+                            f"{ROUND.server_eval}.{EVAL.composite}")
     else:
-        composite = rdr.num(raw.get("server_composite_eval_loss"), where,
-                            "server_composite_eval_loss")
-    agg = _aggregated(raw.get("client_aggregated_training_metrics") or {}, rdr, where)
+        composite = rdr.num(raw.get(ROUND.server_composite_eval_loss), where,
+                            ROUND.server_composite_eval_loss)
+    agg = _aggregated(raw.get(ROUND.client_aggregated_training_metrics) or {}, rdr, where)
     clients = [_client(c, rdr, where, i)
-               for i, c in enumerate(raw.get("individual_client_training_metrics") or [])
+               for i, c in enumerate(raw.get(ROUND.individual_client_training_metrics) or [])
                if isinstance(c, dict)]
-    failures = [{"client_id": str(f.get(C.CLIENT_ID, "?")), "reason": str(f.get("reason", ""))}
-                for f in raw.get("failures") or [] if isinstance(f, dict)]
+    failures = [{FAILURE.client_id: str(f.get(FAILURE.client_id, "?")),
+                 FAILURE.reason: str(f.get(FAILURE.reason, ""))}
+                for f in raw.get(ROUND.failures) or [] if isinstance(f, dict)]
     known = {c.client_id for c in clients}
-    clients += [ClientRecord(client_id=f["client_id"], status="failed", error=f["reason"])
-                for f in failures if f["client_id"] not in known]
-    aggregated = raw.get("aggregated")
+    clients += [ClientRecord(client_id=f[FAILURE.client_id], status="failed",
+                             error=f[FAILURE.reason])
+                for f in failures if f[FAILURE.client_id] not in known]
+    aggregated = raw.get(ROUND.aggregated)
     if not isinstance(aggregated, bool):
-        n_agg = agg.get("num_clients")
+        n_agg = agg.get(AGG_NUM_CLIENTS)
         aggregated = None if n == 0 else bool(
             any(c.status == "ok" for c in clients) or (n_agg is not None and n_agg > 0))
-    note = raw.get("note")
+    note = raw.get(ROUND.note)
     return RoundRecord(
         round=n, aggregated=aggregated, note=str(note) if note else None,
-        proximal_mu=rdr.num(raw.get("proximal_mu", agg.get("diagnosis_mu")), where, "proximal_mu"),
-        lr=rdr.num(raw.get("lr", agg.get("diagnosis_lr")), where, "lr"),
-        seconds=rdr.num(raw.get(C.SECONDS), where, C.SECONDS),
+        proximal_mu=rdr.num(raw.get(ROUND.proximal_mu, agg.get(R.UPSTREAM_DIAGNOSIS_MU)),
+                            where, ROUND.proximal_mu),
+        lr=rdr.num(raw.get(ROUND.lr, agg.get(R.UPSTREAM_DIAGNOSIS_LR)), where, ROUND.lr),
+        seconds=rdr.num(raw.get(ROUND.seconds), where, ROUND.seconds),
         eval_datasets=_eval_datasets(raw, rdr, where), composite=composite,
         aggregated_metrics=agg, clients=clients, failures=failures,
     )
 
 
 def _round_from_row(row: dict[str, Any], rdr: _Reader, where: str) -> RoundRecord:
-    n = int(row["round"])
+    n = int(row[ROW.round])
     agg = _aggregated(row, rdr, f"{where} round {n}")
-    aggregated = row.get("aggregated")
+    aggregated = row.get(ROW.aggregated)
     return RoundRecord(
         round=n, source="federated_metrics",
         aggregated=aggregated if isinstance(aggregated, bool) else None,
-        proximal_mu=agg.pop("proximal_mu", None), lr=agg.pop("lr", None),
-        seconds=agg.pop(C.SECONDS, None), composite=agg.pop("server_policy_loss", None),
-        aggregated_metrics={k: v for k, v in agg.items() if k != "round"},
+        proximal_mu=agg.pop(ROW.proximal_mu, None), lr=agg.pop(ROW.lr, None),
+        seconds=agg.pop(ROW.seconds, None), composite=agg.pop(ROW.server_policy_loss, None),
+        aggregated_metrics={k: v for k, v in agg.items() if k != ROW.round},
     )
 
 
@@ -164,7 +180,7 @@ def _history(rd: RunDir, rdr: _Reader, notes: list[str]) -> dict[int, float | No
         if not str(key).lstrip("-").isdigit():
             continue
         if isinstance(value, dict):  # upstream: {"server_policy_loss": x, "action_dim": 7}
-            value = value.get("server_policy_loss", value.get(C.POLICY_LOSS))
+            value = value.get(R.UPSTREAM_HISTORY_LOSS, value.get(C.POLICY_LOSS))
         out[int(key)] = rdr.num(value, where, f"[{key}]")
     return dict(sorted(out.items()))
 
@@ -172,9 +188,8 @@ def _history(rd: RunDir, rdr: _Reader, notes: list[str]) -> dict[int, float | No
 def check_checkpoint(path: Path, n: int, *, verify_checksums: bool = True) -> CheckpointRecord:
     """Compare a checkpoint directory with its ``manifest.json``.
 
-    With ``verify_checksums`` this is :func:`zk0cli.core.checkpoint.manifest_problems`
-    (sizes and SHA-256); without, sizes only. Files not listed in the manifest are
-    reported either way.
+    This is :func:`zk0cli.core.checkpoint.check_manifest` (sizes and, with
+    ``verify_checksums``, SHA-256); files not listed in the manifest are problems here.
 
     Args:
         path: ``models/checkpoint_round_<N>/``.
@@ -184,32 +199,13 @@ def check_checkpoint(path: Path, n: int, *, verify_checksums: bool = True) -> Ch
     Returns:
         The record; ``problems`` lists missing, extra, resized or altered files.
     """
-    from zk0cli.core.checkpoint import MANIFEST_JSON, manifest_problems
+    from zk0cli.core.checkpoint import check_manifest
 
-    manifest_path = path / MANIFEST_JSON
-    if not manifest_path.is_file():
-        return CheckpointRecord(round=n, path=path, has_manifest=False,
-                                problems=[f"{MANIFEST_JSON} is missing"])
-    try:
-        files = dict(read_json(manifest_path)["files"])
-    except (RunDirError, KeyError, TypeError, ValueError) as err:
-        return CheckpointRecord(round=n, path=path, has_manifest=True,
-                                problems=[f"{MANIFEST_JSON} is unreadable: {err}"])
-    if verify_checksums:
-        problems = manifest_problems(path)
-    else:
-        problems = []
-        for rel, meta in sorted(files.items()):
-            f = path / rel
-            if not f.is_file():
-                problems.append(f"{rel}: listed in the manifest but missing")
-            elif f.stat().st_size != meta.get("size"):
-                problems.append(f"{rel}: size {f.stat().st_size} != manifest {meta.get('size')}")
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path).as_posix()
-        if rel != MANIFEST_JSON and rel not in files:
-            problems.append(f"{rel}: not in the manifest")
-    return CheckpointRecord(round=n, path=path, has_manifest=True, problems=problems)
+    check = check_manifest(path, verify_checksums=verify_checksums)
+    has_manifest = (path / MANIFEST_JSON).is_file()
+    problems = [*check.problems, *(f"{rel}: not listed in {MANIFEST_JSON}"
+                                   for rel in check.unlisted)]
+    return CheckpointRecord(round=n, path=path, has_manifest=has_manifest, problems=problems)
 
 
 def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
@@ -231,13 +227,14 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
     run_info: dict[str, Any] = {}
     if fmt == "zk0":
         try:
-            run_info = rd.read_run()
+            raw_run = read_json(rd.run_json)
+            run_info = dict(raw_run) if isinstance(raw_run, dict) else {}
         except RunDirError as err:
-            notes.append(f"run.json could not be read ({err}).")
+            notes.append(f"{RUN_JSON} could not be read ({err}).")
     else:
-        notes.append("No run.json: read as an upstream zk0 run directory; status, timings and "
-                     "versions are unknown.")
-    status = str(run_info.get("status", "unknown"))
+        notes.append(f"No {RUN_JSON}: read as an upstream zk0 run directory; status, timings "
+                     "and versions are unknown.")
+    status = str(run_info.get(RUN.status, "unknown"))
     if status not in RUN_STATUSES:
         status = "unknown"
     config = None
@@ -245,9 +242,9 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
         try:
             config = read_json(rd.config_json)
         except RunDirError as err:
-            notes.append(f"config.json could not be read ({err}).")
+            notes.append(f"{CONFIG_JSON} could not be read ({err}).")
     else:
-        notes.append("No config.json: configuration highlights are unavailable.")
+        notes.append(f"No {CONFIG_JSON}: configuration highlights are unavailable.")
 
     rounds = {}
     for n in rd.server_eval_rounds():
@@ -259,33 +256,33 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
         where = _rel(rd, rd.federated_metrics)
         try:
             rows = [r for r in read_json(rd.federated_metrics) if isinstance(r, dict) and
-                    isinstance(r.get("round"), int)]
+                    isinstance(r.get(ROW.round), int)]
         except (RunDirError, TypeError) as err:
             notes.append(f"{where} could not be read ({err}).")
             rows = []
-        federated_rounds = sorted({int(r["round"]) for r in rows})
+        federated_rounds = sorted({int(r[ROW.round]) for r in rows})
         for row in rows:
-            if row["round"] not in rounds:
-                rounds[row["round"]] = _round_from_row(row, rdr, where)
+            if row[ROW.round] not in rounds:
+                rounds[row[ROW.round]] = _round_from_row(row, rdr, where)
     history = _history(rd, rdr, notes)
-    seconds = run_info.get("round_seconds") or {}
+    seconds = run_info.get(RUN.round_seconds) or {}
     for n, rec in rounds.items():
         if rec.composite is None and history and history.get(n) is not None:
             rec.composite = history[n]
         if rec.seconds is None and str(n) in seconds:
-            rec.seconds = rdr.num(seconds[str(n)], RUN_JSON, f"round_seconds.{n}")
+            rec.seconds = rdr.num(seconds[str(n)], RUN_JSON, f"{RUN.round_seconds}.{n}")
 
     checkpoints = [check_checkpoint(rd.checkpoint(n), n, verify_checksums=verify_checksums)
                    for n in rd.checkpoint_rounds()]
     if fmt == "upstream" and checkpoints:
-        notes.append("Upstream checkpoints carry no manifest.json; they were not verified.")
+        notes.append(f"Upstream checkpoints carry no {MANIFEST_JSON}; they were not verified.")
         checkpoints = [c.model_copy(update={"has_manifest": True, "problems": []})
                        if not c.has_manifest else c for c in checkpoints]
     latest, latest_problem = None, None
     if rd.latest.is_file():
         latest = rd.latest.read_text(encoding="utf-8").strip()
         if rd.latest_checkpoint() is None:
-            latest_problem = f"models/latest names {latest!r}, which is not a directory"
+            latest_problem = f"{MODELS_DIR}/{LATEST} names {latest!r}, which is not a directory"
     logger.debug("loaded %s: %s rounds, %s checkpoints", rd.root, len(rounds), len(checkpoints))
     return RunData(
         root=rd.root, format=fmt, status=status, run_info=run_info, config=config,

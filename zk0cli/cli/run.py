@@ -49,9 +49,9 @@ def _progress_table(p: RunProgress, clients: int) -> Table:
 
 def summary_table(rundir: RunDir) -> Table:
     """Per-round summary read from ``server/federated_metrics.json``."""
-    from zk0cli.core.rundir import read_json
+    from zk0cli.core.rundir import read_metrics_rows
 
-    rows = read_json(rundir.federated_metrics) if rundir.federated_metrics.is_file() else []
+    rows = read_metrics_rows(rundir)
     t = Table(title="zk0 run summary", title_justify="left")
     for col in ("round", "clients", "failed", "client loss", "fedprox", "server loss", "s"):
         t.add_column(col, justify="right")
@@ -60,10 +60,8 @@ def summary_table(rundir: RunDir) -> Table:
         return format(v, fmt) if isinstance(v, int | float) else "-"
 
     for r in rows:
-        t.add_row(str(r["round"]), str(r.get("num_clients", "-")),
-                  str(r.get("num_failures", "-")), f(r.get("avg_client_loss")),
-                  f(r.get("avg_fedprox_loss"), ".2e"), f(r.get("server_policy_loss")),
-                  f(r.get("seconds"), ".1f"))
+        t.add_row(str(r.round), str(r.num_clients), str(r.num_failures), f(r.avg_client_loss),
+                  f(r.avg_fedprox_loss, ".2e"), f(r.server_policy_loss), f(r.seconds, ".1f"))
     return t
 
 
@@ -113,12 +111,12 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     with Live(console=console, refresh_per_second=2, transient=True) as live:
         status = runner(lambda p: live.update(_progress_table(p, config.num_clients)))
     console.print(summary_table(rundir))
-    run = rundir.read_run()
+    run = rundir.run_record()
     console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
     if status != "completed":
         from zk0cli.cli.errors import err_console
 
-        err_console.print(f"run {status}: {run.get('error') or 'see server.log'}")
+        err_console.print(f"run {status}: {run.error or f'see {rundir.server_log}'}")
         raise typer.Exit(EXIT_FAILURE)
     return rundir
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zk0cli.core.contract import MetricsRow, RunRecord
 from zk0cli.core.rundir import RunDir, read_json
 
 if TYPE_CHECKING:
@@ -91,26 +92,27 @@ def eval_history(run_dir: RunDir, *, up_to_round: int) -> list[EvalPoint]:
     Raises:
         RunDirError: A file exists but is not valid JSON.
     """
+    from zk0cli.core.rundir import read_metrics_rows, read_policy_loss_history
+
     losses: dict[int, float] = {}
-    history = _read_optional(run_dir.policy_loss_history) or {}
-    for key, value in dict(history).items():
+    for rnd, value in read_policy_loss_history(run_dir).items():
         loss = _as_float(value)
-        if str(key).isdigit() and loss is not None:
-            losses[int(key)] = loss
-    for row in _read_optional(run_dir.federated_metrics) or []:
-        rnd, loss = row.get("round"), _as_float(row.get("server_policy_loss"))
-        if isinstance(rnd, int) and loss is not None:
-            losses.setdefault(rnd, loss)
+        if rnd >= 0 and loss is not None:
+            losses[rnd] = loss
+    for row in read_metrics_rows(run_dir):
+        loss = _as_float(row.server_policy_loss)
+        if loss is not None:
+            losses.setdefault(row.round, loss)
     return [EvalPoint(r, losses[r]) for r in sorted(losses) if r <= up_to_round]
 
 
 def _eval_rows(
-    points: list[EvalPoint], metrics_rows: list[dict[str, Any]]
+    points: list[EvalPoint], metrics_rows: list[MetricsRow]
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int]:
     """Rows of the per-round table, the summary (first/best/last) and the thinning step."""
     if not points:
         return [], None, 1
-    by_round = {row.get("round"): row for row in metrics_rows if isinstance(row, dict)}
+    by_round = {row.round: row for row in metrics_rows}
     finite = [p for p in points if math.isfinite(p.loss)]
     best = min(finite, key=lambda p: p.loss) if finite else points[0]
     first, last = points[0], points[-1]
@@ -119,13 +121,12 @@ def _eval_rows(
     chosen = [p for i, p in enumerate(points) if i % step == 0 or p.round in keep]
 
     def row(p: EvalPoint) -> dict[str, Any]:
-        metrics = by_round.get(p.round, {})
-        clients = metrics.get("num_clients")
+        metrics = by_round.get(p.round)
         return {
             "round": p.round,
             "loss": _fmt(p.loss),
-            "client_loss": _fmt(metrics.get("avg_client_loss")),
-            "clients": clients if clients is not None else _MISSING,
+            "client_loss": _fmt(metrics.avg_client_loss if metrics else None),
+            "clients": metrics.num_clients if metrics else _MISSING,
         }
 
     summary = {"first": row(first), "best": row(best), "last": row(last)}
@@ -174,8 +175,8 @@ def _hub_datasets(config: dict[str, Any]) -> list[str]:
     return names
 
 
-def _versions(run: dict[str, Any]) -> list[tuple[str, str]]:
-    versions = {str(k): str(v) for k, v in (run.get("versions") or {}).items()}
+def _versions(run: RunRecord) -> list[tuple[str, str]]:
+    versions = {str(k): str(v) for k, v in run.versions.items()}
     ordered = [(k, versions.pop(k)) for k in _VERSION_ORDER if k in versions]
     return ordered + sorted(versions.items())
 
@@ -204,13 +205,16 @@ def build_model_card(
 
     rd = RunDir(Path(run_dir).absolute())
     config = dict(_read_optional(rd.config_json) or {})
-    run = rd.read_run()
+    from zk0cli.core.rundir import read_metrics_rows, read_server_round
+
+    run = rd.run_record()
     model = config.get("model") or {}
     training = config.get("training") or {}
     federation = config.get("federation") or {}
     data = config.get("data") or {}
-    metrics_rows = list(_read_optional(rd.federated_metrics) or [])
-    round_eval = dict(_read_optional(rd.server_eval(checkpoint_round)) or {})
+    metrics_rows = read_metrics_rows(rd)
+    round_eval = read_server_round(rd, checkpoint_round) \
+        if rd.server_eval(checkpoint_round).is_file() else None
 
     base_model = None
     if model.get("kind") == "pretrained" and _is_hub_id(str(model.get("path") or "")):
@@ -224,7 +228,8 @@ def build_model_card(
         datasets=_hub_datasets(config) or None,
     )
     rows, summary, step = _eval_rows(eval_history(rd, up_to_round=checkpoint_round), metrics_rows)
-    eval_datasets = sorted(((round_eval.get("server_eval") or {}).get("datasets") or {}).keys())
+    eval_datasets = sorted(round_eval.server_eval.datasets) \
+        if round_eval is not None and round_eval.server_eval is not None else []
     if not eval_datasets:
         eval_datasets = [str(s.get("name")) for s in data.get("eval") or [] if isinstance(s, dict)]
     clients = _clients(config)
@@ -235,8 +240,8 @@ def build_model_card(
         model_title=title_repo.split("/")[-1],
         repo_id=repo_id or REPO_PLACEHOLDER,
         checkpoint_round=checkpoint_round,
-        rounds_planned=run.get("rounds_planned") or federation.get("rounds"),
-        run_status=run.get("status"),
+        rounds_planned=run.rounds_planned or federation.get("rounds"),
+        run_status=run.status if rd.run_json.is_file() else None,
         model_kind=model.get("kind"),
         base_model_text=model.get("path") or ("zk0 tiny (random init)"
                                               if model.get("kind") == "tiny" else _MISSING),
@@ -246,7 +251,7 @@ def build_model_card(
         lr=_fmt(training.get("lr")),
         scheduler=training.get("scheduler", _MISSING),
         proximal_mu=_fmt(federation.get("proximal_mu")),
-        seed=config.get("seed", run.get("seed", _MISSING)),
+        seed=config.get("seed", _MISSING if run.seed is None else run.seed),
         partition=data.get("partition", _MISSING),
         clients=clients,
         eval_datasets=eval_datasets,

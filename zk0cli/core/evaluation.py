@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.config import RunConfig
+from zk0cli.core.contract import ServerEval
 from zk0cli.errors import DatasetError
 from zk0cli.log import logger
 
@@ -139,11 +140,11 @@ class ServerEvaluator:
 
         set_trainable_state(self.bundle.policy, tensors, source="aggregation")
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> ServerEval:
         """Deterministic policy loss on every eval set.
 
         Returns:
-            ``{"datasets": {name: loss}, "composite": mean loss of the composite sets}``.
+            The loss per eval set (``datasets``) and the mean over the composite sets.
         """
         from zk0cli.core.trainer import evaluate
 
@@ -152,7 +153,7 @@ class ServerEvaluator:
                                    batch_size=ec.batch_size, seed=ec.seed)
                   for s in self.sets}
         comp = [losses[s.name] for s in self.sets if s.composite]
-        return {"datasets": losses, "composite": statistics.fmean(comp) if comp else None}
+        return ServerEval(datasets=losses, composite=statistics.fmean(comp) if comp else None)
 
 
 def _with_stats(bundle: PolicyBundle, meta: Any, cfg: RunConfig) -> PolicyBundle:

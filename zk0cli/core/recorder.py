@@ -9,11 +9,31 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from zk0cli import constants as K
-from zk0cli.core.rundir import RunDir, RunStatus, read_json, write_json
+from zk0cli.core.contract import (
+    AGG_NUM_CLIENTS,
+    AGG_NUM_FAILURES,
+    CLIENT,
+    ClientMetrics,
+    ClientRoundRecord,
+    FailureRecord,
+    MetricsRow,
+    ServerEval,
+    ServerRoundRecord,
+    avg_key,
+)
+from zk0cli.core.rundir import (  # noqa: F401  (readers re-exported)
+    RunDir,
+    RunStatus,
+    read_metrics_rows,
+    read_policy_loss_history,
+    read_server_round,
+    write_json,
+)
 from zk0cli.core.strategy import RoundOutcome, aggregate_client_metrics
 
 
@@ -32,6 +52,8 @@ def library_versions() -> dict[str, str]:
 class RunRecorder:
     """Round files, histories and ``run.json`` for one run.
 
+    Every record is a model of :mod:`zk0cli.core.contract`.
+
     Args:
         rundir: The run directory (already created, holding ``config.json``).
     """
@@ -41,17 +63,15 @@ class RunRecorder:
 
     def start(self, *, engine: str, command: str, seed: int, rounds: int) -> None:
         """Mark the run as running (keeps fields the engine wrote earlier)."""
-        run = self.rundir.read_run()
+        run = self.rundir.run_record()
         self.rundir.update_run(
             status="running",
             engine=engine,
-            command=run.get("command", command),
+            command=run.command or command,
             seed=seed,
             versions=library_versions(),
-            started_at=run.get("started_at", time.time()),
+            started_at=run.started_at or time.time(),
             rounds_planned=rounds,
-            rounds_completed=run.get("rounds_completed", 0),
-            round_seconds=run.get("round_seconds", {}),
             error=None,
         )
 
@@ -64,79 +84,84 @@ class RunRecorder:
         server_round: int,
         *,
         outcome: RoundOutcome | None,
-        server_eval: dict[str, Any] | None,
+        server_eval: ServerEval | Mapping[str, Any] | None,
         seconds: float,
-    ) -> dict[str, Any]:
-        """Write every file of one round and return the round file's content.
+    ) -> ServerRoundRecord:
+        """Write every file of one round and return the round record.
 
         Args:
             server_round: The round (0 = evaluation of the initial model).
             outcome: The strategy's view of the training round (``None`` for round 0).
-            server_eval: ``{"datasets": {name: loss}, "composite": loss}`` or ``None``
-                when the round was not evaluated.
+            server_eval: The server evaluation, or ``None`` when the round was not
+                evaluated.
             seconds: Wall seconds the round took on the server.
         """
+        if server_eval is not None and not isinstance(server_eval, ServerEval):
+            server_eval = ServerEval.model_validate(server_eval)
         reports = outcome.reports if outcome else []
         individual = []
         for r in reports:
-            entry = {K.CLIENT_ID: r.client_id, **r.metrics, "node_id": r.node_id}
-            entry.pop(K.FAILED, None)
-            entry.pop(K.NUM_EXAMPLES_KEY, None)  # Flower's weighting key; num_examples stays
-            individual.append(entry)
-            client_file = {**entry, "round": server_round, "status": "ok" if r.ok else "failed"}
-            if not r.ok:
-                client_file[K.ERROR] = r.reason
-            write_json(self.rundir.client_round(r.client_id, server_round), client_file)
+            metrics = {k: v for k, v in r.metrics.items()
+                       if k not in (K.FAILED, K.NUM_EXAMPLES_KEY, K.ERROR)}
+            # Flower's weighting key is dropped; num_examples stays
+            entry = ClientMetrics.model_validate(
+                {**metrics, CLIENT.client_id: r.client_id, CLIENT.node_id: r.node_id})
+            client_file = ClientRoundRecord.model_validate(
+                {**entry.to_json(), CLIENT.round: server_round,
+                 CLIENT.status: "ok" if r.ok else "failed",
+                 CLIENT.error: None if r.ok else r.reason})
+            data = client_file.to_json()
+            if r.ok:
+                data.pop(CLIENT.error)
+            write_json(self.rundir.client_round(r.client_id, server_round), data)
+            if r.ok:
+                individual.append(entry)
         aggregated = aggregate_client_metrics(reports) if outcome else None
-        composite = server_eval["composite"] if server_eval else None
-        round_file = {
-            "round": server_round,
-            "aggregated": bool(outcome and outcome.aggregated),
-            "note": outcome.note if outcome else None,
-            "proximal_mu": outcome.proximal_mu if outcome else None,
-            "lr": outcome.lr if outcome else None,
-            "seconds": seconds,
-            "timestamp": time.time(),
-            "server_eval": server_eval,
-            "server_composite_eval_loss": composite,
-            "client_aggregated_training_metrics": aggregated,
-            "individual_client_training_metrics": [e for e, r in zip(individual, reports,
-                                                                     strict=True) if r.ok],
-            "failures": [{K.CLIENT_ID: r.client_id, "node_id": r.node_id, "reason": r.reason}
-                         for r in reports if not r.ok],
-        }
-        write_json(self.rundir.server_eval(server_round), round_file)
-        self._append_history(server_round, round_file, composite)
-        run = self.rundir.read_run()
-        round_seconds = dict(run.get("round_seconds", {}))
-        round_seconds[str(server_round)] = seconds
-        self.rundir.update_run(rounds_completed=server_round, round_seconds=round_seconds)
-        return round_file
+        record = ServerRoundRecord(
+            round=server_round,
+            aggregated=bool(outcome and outcome.aggregated),
+            note=outcome.note if outcome else None,
+            proximal_mu=outcome.proximal_mu if outcome else None,
+            lr=outcome.lr if outcome else None,
+            seconds=seconds,
+            timestamp=time.time(),
+            server_eval=server_eval,
+            server_composite_eval_loss=server_eval.composite if server_eval else None,
+            client_aggregated_training_metrics=aggregated,
+            individual_client_training_metrics=individual,
+            failures=[FailureRecord(client_id=r.client_id, node_id=r.node_id,
+                                    reason=r.reason or "") for r in reports if not r.ok],
+        )
+        write_json(self.rundir.server_eval(server_round), record.to_json())
+        self._append_history(record)
+        run = self.rundir.run_record()
+        self.rundir.update_run(rounds_completed=server_round,
+                               round_seconds={**run.round_seconds, str(server_round): seconds})
+        return record
 
-    def _append_history(self, server_round: int, round_file: dict[str, Any],
-                        composite: float | None) -> None:
-        agg = round_file["client_aggregated_training_metrics"] or {}
-        row = {
-            "round": server_round,
-            "aggregated": round_file["aggregated"],
-            "num_clients": agg.get("num_clients", 0),
-            "num_failures": agg.get("num_failures", 0),
-            "avg_client_loss": agg.get(f"{K.LOSS}_avg"),
-            "avg_policy_loss": agg.get(f"{K.POLICY_LOSS}_avg"),
-            "avg_fedprox_loss": agg.get(f"{K.FEDPROX_LOSS}_avg"),
-            "avg_grad_norm": agg.get(f"{K.GRAD_NORM}_avg"),
-            "avg_param_update_norm": agg.get(f"{K.PARAM_UPDATE_NORM}_avg"),
-            "server_policy_loss": composite,
-            "proximal_mu": round_file["proximal_mu"],
-            "lr": round_file["lr"],
-            "seconds": round_file["seconds"],
-        }
-        path = self.rundir.federated_metrics
-        rows = [r for r in (read_json(path) if path.is_file() else [])
-                if r.get("round") != server_round]
-        write_json(path, sorted([*rows, row], key=lambda r: r["round"]))
+    def _append_history(self, record: ServerRoundRecord) -> None:
+        agg = record.client_aggregated_training_metrics or {}
+        composite = record.server_composite_eval_loss
+        row = MetricsRow(
+            round=record.round,
+            aggregated=record.aggregated,
+            num_clients=agg.get(AGG_NUM_CLIENTS, 0),
+            num_failures=agg.get(AGG_NUM_FAILURES, 0),
+            avg_client_loss=agg.get(avg_key(K.LOSS)),
+            avg_policy_loss=agg.get(avg_key(K.POLICY_LOSS)),
+            avg_fedprox_loss=agg.get(avg_key(K.FEDPROX_LOSS)),
+            avg_grad_norm=agg.get(avg_key(K.GRAD_NORM)),
+            avg_param_update_norm=agg.get(avg_key(K.PARAM_UPDATE_NORM)),
+            server_policy_loss=composite,
+            proximal_mu=record.proximal_mu,
+            lr=record.lr,
+            seconds=record.seconds,
+        )
+        rows = [r for r in read_metrics_rows(self.rundir) if r.round != record.round]
+        write_json(self.rundir.federated_metrics,
+                   [r.to_json() for r in sorted([*rows, row], key=lambda r: r.round)])
         if composite is not None:
-            hpath = self.rundir.policy_loss_history
-            history = read_json(hpath) if hpath.is_file() else {}
-            history[str(server_round)] = composite
-            write_json(hpath, dict(sorted(history.items(), key=lambda kv: int(kv[0]))))
+            history = read_policy_loss_history(self.rundir)
+            history[record.round] = composite
+            write_json(self.rundir.policy_loss_history,
+                       {str(k): v for k, v in sorted(history.items())})

@@ -25,17 +25,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zk0cli.core.checkpoint import verify_checkpoint
+from zk0cli import constants as K
+from zk0cli.core.checkpoint import read_manifest, verify_checkpoint
 from zk0cli.core.config import RunConfig, config_to_json
+from zk0cli.core.contract import (
+    CLIENTS_DIR,
+    LATEST,
+    MODELS_DIR,
+    SERVER_DIR,
+    WEIGHTS_FILE,
+    ResumeEntry,
+    ResumeFrom,
+)
 from zk0cli.core.rundir import RunDir, read_json, write_json
 from zk0cli.errors import RunDirError, UsageError
+from zk0cli.log import logger
 
 # Fields whose change makes the checkpoint meaningless for the new run (dotted prefixes).
 BREAKING_PREFIXES: tuple[str, ...] = (
     "seed", "model.", "data.clients", "data.eval", "data.partition", "data.heldout_episodes",
     "data.rename_map", "data.sim.", "federation.num_clients",
 )
-SUPERSEDED_DIR = "superseded"
 
 
 @dataclass(frozen=True)
@@ -90,13 +100,13 @@ def find_resume_point(rundir: RunDir) -> ResumePoint:
     ckpt = rundir.latest_checkpoint()
     if ckpt is None:
         raise RunDirError(
-            f"{rundir.root} has no complete checkpoint (models/latest is missing), so there is "
+            f"{rundir.root} has no complete checkpoint ({MODELS_DIR}/{LATEST} is missing), so "
+            "there is "
             "nothing to resume from; start a new run (checkpoint.interval sets how often "
             "checkpoints are written)."
         )
     verify_checkpoint(ckpt)
-    manifest = read_json(ckpt / "manifest.json")
-    return ResumePoint(ckpt, int(manifest["round"]))
+    return ResumePoint(ckpt, read_manifest(ckpt).round)
 
 
 def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
@@ -133,60 +143,108 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
             f"federation.rounds = {config.federation.rounds}; pass --rounds N with N > "
             f"{point.server_round} to train further."
         )
-    run = rundir.read_run()
-    resumes = list(run.get("resumes", []))
-    moved = _supersede_after(rundir, point.server_round, len(resumes) + 1)
-    for tmp in rundir.models_dir.glob(".checkpoint_round_*"):
+    run = rundir.run_record()
+    k = len(run.resumes) + 1
+    moved = _supersede_after(rundir, point.server_round, k)
+    for tmp in rundir.partial_checkpoints():
         shutil.rmtree(tmp, ignore_errors=True)  # partial writes of a killed run
-    entry = {"at": time.time(), "from_round": point.server_round,
-             "checkpoint": point.checkpoint.name, "previous_status": run.get("status"),
-             "config_changes": safe, "superseded_files": moved}
+    entry = ResumeEntry(at=time.time(), from_round=point.server_round,
+                        checkpoint=point.checkpoint.name, previous_status=run.status,
+                        config_changes=safe, superseded_files=moved)
     if safe:
-        sdir = rundir.root / SUPERSEDED_DIR / f"resume-{len(resumes) + 1}"
+        sdir = rundir.superseded(k)
         sdir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(rundir.config_json, sdir / "config.json")
+        shutil.copy2(rundir.config_json, sdir / rundir.config_json.name)
     rundir.config_json.write_text(config_to_json(config) + "\n", encoding="utf-8")
     rundir.update_run(status="running", error=None, ended_at=None,
-                      resumes=[*resumes, entry], rounds_planned=config.federation.rounds,
+                      resumes=[*run.resumes, entry], rounds_planned=config.federation.rounds,
                       rounds_completed=point.server_round,
-                      resume={"from_round": point.server_round,
-                              "checkpoint": str(point.checkpoint)})
+                      resume=ResumeFrom(from_round=point.server_round,
+                                        checkpoint=str(point.checkpoint)))
     return point
 
 
 def _supersede_after(rundir: RunDir, server_round: int, k: int) -> int:
     """Move every per-round file of rounds after ``server_round`` aside; trim histories."""
-    dest = rundir.root / SUPERSEDED_DIR / f"resume-{k}"
+    from zk0cli.core.rundir import read_metrics_rows, read_policy_loss_history
+
+    dest = rundir.superseded(k)
     moved = 0
     later = [r for r in rundir.server_eval_rounds() if r > server_round]
     for r in later:
         src = rundir.server_eval(r)
-        (dest / "server").mkdir(parents=True, exist_ok=True)
-        shutil.move(src, dest / "server" / src.name)
+        (dest / SERVER_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.move(src, dest / SERVER_DIR / src.name)
         moved += 1
-    if rundir.clients_dir.is_dir():
-        for f in rundir.clients_dir.glob("*/round_*.json"):
-            tail = f.stem.removeprefix("round_")
-            if tail.isdigit() and int(tail) > server_round:
-                target = dest / "clients" / f.parent.name
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.move(f, target / f.name)
-                moved += 1
-    if rundir.federated_metrics.is_file():
-        rows = read_json(rundir.federated_metrics)
-        if any(r.get("round", 0) > server_round for r in rows):
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(rundir.federated_metrics, dest / rundir.federated_metrics.name)
-            write_json(rundir.federated_metrics,
-                       [r for r in rows if r.get("round", 0) <= server_round])
-    if rundir.policy_loss_history.is_file():
-        hist = read_json(rundir.policy_loss_history)
-        if any(int(r) > server_round for r in hist):
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(rundir.policy_loss_history, dest / rundir.policy_loss_history.name)
-            write_json(rundir.policy_loss_history,
-                       {r: v for r, v in hist.items() if int(r) <= server_round})
+    for r, f in rundir.client_round_files():
+        if r > server_round:
+            target = dest / CLIENTS_DIR / f.parent.name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.move(f, target / f.name)
+            moved += 1
+    rows = read_metrics_rows(rundir)
+    if any(r.round > server_round for r in rows):
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(rundir.federated_metrics, dest / rundir.federated_metrics.name)
+        write_json(rundir.federated_metrics,
+                   [r.to_json() for r in rows if r.round <= server_round])
+    hist = read_policy_loss_history(rundir)
+    if any(r > server_round for r in hist):
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(rundir.policy_loss_history, dest / rundir.policy_loss_history.name)
+        write_json(rundir.policy_loss_history,
+                   {str(r): v for r, v in hist.items() if r <= server_round})
     return moved
+
+
+@dataclass(frozen=True)
+class ResumeStart:
+    """What a ServerApp process continues from (nothing, for a fresh run).
+
+    Attributes:
+        offset: Rounds already done (0 for a fresh run).
+        tensors: The checkpoint's trainable tensors, or ``None`` for a fresh run.
+        prior_losses: Round -> aggregated clients' policy losses of the done rounds.
+    """
+
+    offset: int = 0
+    tensors: dict[str, Any] | None = None
+    prior_losses: dict[int, list[float]] | None = None
+
+
+def resume_start(rundir: RunDir, *, names: list[str]) -> ResumeStart:
+    """Read where this ServerApp process starts, from ``run.json``'s ``resume`` record.
+
+    Args:
+        rundir: The run directory.
+        names: Names of the trainable tensors to load from the checkpoint.
+
+    Returns:
+        The round offset, tensors and recorded losses (empty for a fresh run).
+
+    Raises:
+        RunDirError: The checkpoint lacks a trainable tensor.
+    """
+    resume = rundir.run_record().resume
+    if resume is None or resume.from_round == 0:
+        return ResumeStart()
+    tensors = load_global_tensors(Path(resume.checkpoint), names)
+    logger.info("resuming after round %s from %s", resume.from_round, resume.checkpoint)
+    return ResumeStart(resume.from_round, tensors,
+                       recorded_client_losses(rundir, up_to=resume.from_round))
+
+
+def recorded_client_losses(rundir: RunDir, *, up_to: int) -> dict[int, list[float]]:
+    """Round -> aggregated clients' policy losses, from the round files 1..``up_to``."""
+    from zk0cli.core.rundir import read_server_round
+
+    out: dict[int, list[float]] = {}
+    for r in range(1, up_to + 1):
+        if rundir.server_eval(r).is_file():
+            clients = read_server_round(rundir, r).individual_client_training_metrics
+            out[r] = [float(v) for c in clients
+                      if isinstance(v := getattr(c, K.POLICY_LOSS), int | float)]
+    return out
 
 
 def load_global_tensors(checkpoint: Path, names: list[str]) -> dict[str, Any]:
@@ -198,11 +256,11 @@ def load_global_tensors(checkpoint: Path, names: list[str]) -> dict[str, Any]:
     from safetensors import safe_open
 
     out = {}
-    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as fh:
+    with safe_open(str(checkpoint / WEIGHTS_FILE), framework="pt") as fh:
         keys = set(fh.keys())
         missing = [n for n in names if n not in keys]
         if missing:
-            raise RunDirError(f"{checkpoint}/model.safetensors lacks {len(missing)} trainable "
+            raise RunDirError(f"{checkpoint}/{WEIGHTS_FILE} lacks {len(missing)} trainable "
                               f"tensor(s), e.g. {missing[0]}; it is not this run's policy.")
         for n in names:
             out[n] = fh.get_tensor(n)

@@ -1,6 +1,7 @@
 """The run directory: the contract between phases (see ``docs/design.md``).
 
-This module is the only place that builds run-directory paths::
+This module is the only place that builds run-directory paths, from the names of
+:mod:`zk0cli.core.contract`::
 
     outputs/<YYYY-MM-DD_HH-MM-SS>/
       run.json  config.json
@@ -8,7 +9,7 @@ This module is the only place that builds run-directory paths::
       server/policy_loss_history.json
       clients/<client_id>/round_<N>.json
       models/checkpoint_round_<N>/  models/latest
-      report/
+      report/  server.log  logs/  superseded/resume-<k>/
 
 JSON files are written atomically (temporary file + ``os.replace``), so a reader never
 sees half a file and a kill never leaves one.
@@ -24,27 +25,35 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from pydantic import BaseModel
+
+from zk0cli.core import contract as C
+from zk0cli.core.contract import (  # noqa: F401  (re-exported: older import paths)
+    CHECKPOINT_PREFIX,
+    CLIENTS_DIR,
+    CONFIG_JSON,
+    FEDERATED_METRICS_JSON,
+    LATEST,
+    MODELS_DIR,
+    POLICY_LOSS_HISTORY_JSON,
+    REPORT_DIR,
+    RUN_JSON,
+    RUN_NAME_FORMAT,
+    RUN_STATUSES,
+    SERVER_DIR,
+    MetricsRow,
+    RunRecord,
+    RunStatus,
+    ServerRoundRecord,
+)
 from zk0cli.errors import RunDirError
-
-RunStatus = Literal["running", "completed", "failed", "interrupted"]
-RUN_STATUSES: tuple[str, ...] = ("running", "completed", "failed", "interrupted")
-
-RUN_JSON = "run.json"
-CONFIG_JSON = "config.json"
-SERVER_DIR = "server"
-CLIENTS_DIR = "clients"
-MODELS_DIR = "models"
-REPORT_DIR = "report"
-FEDERATED_METRICS_JSON = "federated_metrics.json"
-POLICY_LOSS_HISTORY_JSON = "policy_loss_history.json"
-LATEST = "latest"
-CHECKPOINT_PREFIX = "checkpoint_round_"
-RUN_NAME_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
 
 def _json_default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return _sanitize(obj.model_dump())
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item"):  # numpy / torch scalars
@@ -118,9 +127,15 @@ def public_permissions(path: Path) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON atomically; non-finite floats become strings.
 
+    Args:
+        path: The file.
+        data: JSON-able data, or a record model (dumped with its field names).
+
     Raises:
         OSError: The folder is not writable or the disk is full (the old file stays).
     """
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -249,36 +264,73 @@ class RunDir:
         """``models/latest``: a text file naming the newest complete checkpoint."""
         return self.models_dir / LATEST
 
+    @property
+    def logs_dir(self) -> Path:
+        """``logs/``: SuperLink (and local SuperNode) logs."""
+        return self.root / C.LOGS_DIR
+
+    @property
+    def server_log(self) -> Path:
+        """``server.log``: the ServerApp's log (zk0 and Flower)."""
+        return self.root / C.SERVER_LOG
+
+    @property
+    def superlink_log(self) -> Path:
+        """``logs/superlink.log``."""
+        return self.logs_dir / C.SUPERLINK_LOG
+
+    def supernode_log(self, index: int) -> Path:
+        """``logs/supernode_<i>.log`` (local SuperNodes of ``zk0 train --local-nodes``)."""
+        return self.logs_dir / C.supernode_log_name(index)
+
+    def superseded(self, k: int) -> Path:
+        """``superseded/resume-<k>/``: round files moved aside by the k-th resume."""
+        return self.root / C.SUPERSEDED_DIR / C.resume_dir_name(k)
+
     def server_eval(self, server_round: int) -> Path:
         """``server/round_<N>_server_eval.json``."""
-        return self.server_dir / f"round_{server_round}_server_eval.json"
+        return self.server_dir / C.server_eval_name(server_round)
 
     def client_round(self, client_id: str, server_round: int) -> Path:
         """``clients/<client_id>/round_<N>.json``."""
-        return self.clients_dir / str(client_id) / f"round_{server_round}.json"
+        return self.clients_dir / str(client_id) / C.client_round_name(server_round)
 
     def checkpoint(self, server_round: int) -> Path:
         """``models/checkpoint_round_<N>/``."""
-        return self.models_dir / f"{CHECKPOINT_PREFIX}{server_round}"
+        return self.models_dir / C.checkpoint_name(server_round)
 
     # --- reading ---------------------------------------------------------------------------
     def server_eval_rounds(self) -> list[int]:
         """Rounds that have a ``round_N_server_eval.json``, ascending."""
-        rounds = []
-        for p in self.server_dir.glob("round_*_server_eval.json"):
-            middle = p.name.removeprefix("round_").removesuffix("_server_eval.json")
-            if middle.isdigit():
-                rounds.append(int(middle))
-        return sorted(rounds)
+        rounds = (C.round_of_server_eval(p.name) for p in self.server_dir.glob(C.SERVER_EVAL_GLOB))
+        return sorted(r for r in rounds if r is not None)
+
+    def client_round_files(self) -> list[tuple[int, Path]]:
+        """``(round, path)`` of every ``clients/<client_id>/round_<N>.json``."""
+        if not self.clients_dir.is_dir():
+            return []
+        found = ((C.round_of_client_file(p.name), p)
+                 for p in self.clients_dir.glob(C.CLIENT_ROUND_GLOB))
+        return sorted((r, p) for r, p in found if r is not None)
+
+    def clients_reported(self, server_round: int) -> int:
+        """How many clients wrote ``round_<N>.json`` for ``server_round``."""
+        if not self.clients_dir.is_dir():
+            return 0
+        return sum(1 for _ in self.clients_dir.glob(f"*/{C.client_round_name(server_round)}"))
 
     def checkpoint_rounds(self) -> list[int]:
         """Rounds that have a checkpoint directory (complete or not), ascending."""
         out = []
-        for p in self.models_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-            tail = p.name.removeprefix(CHECKPOINT_PREFIX)
-            if p.is_dir() and tail.isdigit():
-                out.append(int(tail))
+        for p in self.models_dir.glob(C.CHECKPOINT_GLOB):
+            r = C.round_of_checkpoint(p.name)
+            if p.is_dir() and r is not None:
+                out.append(r)
         return sorted(out)
+
+    def partial_checkpoints(self) -> list[Path]:
+        """Temporary checkpoint directories a killed write left in ``models/``."""
+        return sorted(self.models_dir.glob(C.PARTIAL_CHECKPOINT_GLOB))
 
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint named by ``models/latest``, or ``None`` if there is none."""
@@ -296,14 +348,70 @@ class RunDir:
         public_permissions(Path(tmp))
         os.replace(tmp, self.latest)
 
-    def read_run(self) -> dict[str, Any]:
-        """Contents of ``run.json`` (empty dict if absent)."""
-        return read_json(self.run_json) if self.run_json.is_file() else {}
+    def run_record(self) -> RunRecord:
+        """``run.json`` as a :class:`~zk0cli.core.contract.RunRecord` (defaults if absent).
 
-    def update_run(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into ``run.json`` and write it atomically; returns the result."""
-        data = self.read_run()
-        data.update(fields)
-        data["updated_at"] = time.time()
-        write_json(self.run_json, data)
-        return data
+        Raises:
+            RunDirError: ``run.json`` is not valid JSON or a field has a wrong type.
+        """
+        if not self.run_json.is_file():
+            return RunRecord()
+        from pydantic import ValidationError
+
+        try:
+            return C.read_run_record(read_json(self.run_json))
+        except ValidationError as err:
+            raise RunDirError(f"{self.run_json} does not match the run record: {err}") from None
+
+    def read_run(self) -> dict[str, Any]:
+        """Contents of ``run.json`` as a plain dict (empty dict if absent)."""
+        return self.run_record().to_json() if self.run_json.is_file() else {}
+
+    def update_run(self, **fields: Any) -> RunRecord:
+        """Set fields of ``run.json`` and write it atomically; returns the new record.
+
+        Args:
+            **fields: :class:`~zk0cli.core.contract.RunRecord` fields (validated).
+
+        Raises:
+            TypeError: A name is not a run-record field.
+            pydantic.ValidationError: A value has the wrong type.
+        """
+        unknown = sorted(set(fields) - set(RunRecord.model_fields))
+        if unknown:
+            raise TypeError(f"not run.json fields: {', '.join(unknown)}")
+        record = self.run_record()
+        for name, value in fields.items():
+            setattr(record, name, value)
+        record.schema_version = C.SCHEMA_VERSION
+        record.updated_at = time.time()
+        write_json(self.run_json, record.to_json())
+        return record
+
+
+def read_metrics_rows(rundir: RunDir) -> list[MetricsRow]:
+    """``server/federated_metrics.json`` as rows (empty when absent).
+
+    Raises:
+        RunDirError: The file is not valid JSON.
+        pydantic.ValidationError: A row does not match :class:`MetricsRow`.
+    """
+    path = rundir.federated_metrics
+    return [MetricsRow.model_validate(r) for r in read_json(path)] if path.is_file() else []
+
+
+def read_policy_loss_history(rundir: RunDir) -> dict[int, float | None]:
+    """``server/policy_loss_history.json`` as round -> loss (empty when absent)."""
+    path = rundir.policy_loss_history
+    raw = read_json(path) if path.is_file() else {}
+    return {int(k): (float(v) if v is not None else None) for k, v in raw.items()}
+
+
+def read_server_round(rundir: RunDir, server_round: int) -> ServerRoundRecord:
+    """``server/round_<N>_server_eval.json`` as a :class:`ServerRoundRecord`.
+
+    Raises:
+        RunDirError: The file is missing or not valid JSON.
+        pydantic.ValidationError: It does not match the record.
+    """
+    return ServerRoundRecord.model_validate(read_json(rundir.server_eval(server_round)))

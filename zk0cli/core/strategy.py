@@ -206,6 +206,10 @@ class Zk0FedProx(FedProx):
         transport_dtype: Wire dtype of the global tensors sent to clients (see
             :func:`~zk0cli.core.transport.to_array_record`); replies are decoded whatever
             dtype they travelled in.
+        round_offset: Rounds done before this process started (a resume); Flower counts
+            from 1 again, the run's rounds continue.
+        prior_losses: Round -> clients' policy losses recorded before a resume, so an
+            adaptive mu schedule continues where it was.
     """
 
     def __init__(
@@ -221,6 +225,8 @@ class Zk0FedProx(FedProx):
         node_wait_timeout_s: float | None = None,
         transport_dtype: TransportDtype = "float32",
         mu_for_round: Callable[[int, Mapping[int, list[float]]], float] | None = None,
+        round_offset: int = 0,
+        prior_losses: Mapping[int, list[float]] | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -239,8 +245,9 @@ class Zk0FedProx(FedProx):
         self.mu_for_round = mu_for_round
         self.steps = steps
         self.outcomes: dict[int, RoundOutcome] = {}
-        self.round_offset = 0  # rounds done before this process started (resume)
-        self.prior_losses: dict[int, list[float]] = {}  # from the round files, on resume
+        self.round_offset = round_offset  # rounds done before this process started (resume)
+        # clients' policy losses of the rounds recorded before a resume (adaptive mu)
+        self.prior_losses: dict[int, list[float]] = dict(prior_losses or {})
         self._sent: dict[int, list[Message]] = {}
         self._client_ids: dict[int, str] = {}  # node id -> client id it reported
         self.node_wait_timeout_s = node_wait_timeout_s

@@ -355,7 +355,7 @@ def run_local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, 
         KeyboardInterrupt: After stopping everything and marking the run interrupted.
     """
     work = Path(tempfile.mkdtemp(prefix="zk0-trial-"))
-    logs = rundir.root / "logs"
+    logs = rundir.logs_dir
     procs: list[subprocess.Popen[Any]] = []
     with InterruptGuard(lambda: kill_tree_now(procs)):  # a second Ctrl-C kills at once
         return _local_trial(config, rundir, opts, work, logs, procs,
@@ -380,7 +380,7 @@ def _local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, wor
         sl_opts = SuperLinkOptions(host="127.0.0.1", port=port, tls_dir=opts.tls_dir or
                                    (work / "certs" if tls else None), insecure=tls is None,
                                    auth=opts.auth)
-        superlink = start_superlink(sl_opts, work=work, log_path=logs / "superlink.log",
+        superlink = start_superlink(sl_opts, work=work, log_path=rundir.superlink_log,
                                     on_command=on_command)
         procs.append(superlink)
         if opts.auth:
@@ -390,7 +390,7 @@ def _local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, wor
                                         for i, k in enumerate(keys) if k is not None],
                                  home=work / "admin_home", on_command=on_command)
         for i, node in enumerate(nodes):
-            procs.append(start_supernode(node, log_path=logs / f"supernode_{i}.log",
+            procs.append(start_supernode(node, log_path=rundir.supernode_log(i),
                                          home=work / f"node_{i}" / "flwr_home",
                                          on_command=on_command, settle_s=0.5))
         return run_deployment(config, rundir, superlink=address,

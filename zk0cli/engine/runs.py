@@ -12,15 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from zk0cli.core.config import RunConfig, config_to_json
-from zk0cli.core.rundir import RunDir, check_new_dir, read_json
+from zk0cli.core.contract import FINAL_STATUSES, RunRecord
+from zk0cli.core.rundir import RunDir, check_new_dir
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
 from zk0cli.errors import FederationError, RunDirError
 from zk0cli.log import logger
 
-FINAL_STATUSES = ("completed", "failed", "interrupted")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -74,24 +75,22 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
 
 def progress_of(rundir: RunDir, total: int, t0: float) -> RunProgress:
     """Read the run directory into a :class:`RunProgress` (cheap; safe while it is written)."""
-    run = _safe_json(rundir.run_json) or {}
-    done = int(run.get("rounds_completed", 0) or 0)
-    history = _safe_json(rundir.policy_loss_history) or {}
-    last = None
-    if history:
-        last = history[max(history, key=int)]
-        last = float(last) if isinstance(last, int | float) else None
-    nxt = done + 1
-    reported = sum(1 for d in rundir.clients_dir.glob(f"*/round_{nxt}.json")) \
-        if rundir.clients_dir.is_dir() else 0
-    return RunProgress(done, total, reported, last, time.monotonic() - t0,
-                       str(run.get("status", "running")))
+    from zk0cli.core.rundir import read_policy_loss_history
+
+    run = _safe(rundir.run_record) or RunRecord()
+    history = _safe(lambda: read_policy_loss_history(rundir)) or {}
+    last = history[max(history)] if history else None
+    last = float(last) if isinstance(last, int | float) and not isinstance(last, bool) else None
+    return RunProgress(run.rounds_completed, total,
+                       rundir.clients_reported(run.rounds_completed + 1), last,
+                       time.monotonic() - t0, run.status)
 
 
-def _safe_json(path: Path) -> Any:
+def _safe[T](read: Callable[[], _T]) -> _T | None:
+    """``read()``, or ``None`` when the file is half-written or not what it should be."""
     try:
-        return read_json(path) if path.is_file() else None
-    except RunDirError:
+        return read()
+    except (RunDirError, ValueError, TypeError):  # pydantic's ValidationError is a ValueError
         return None
 
 
@@ -156,7 +155,7 @@ def _fail(rundir: RunDir, error: str) -> str:
 
 def mark_interrupted(rundir: RunDir) -> None:
     """Record a user interrupt in ``run.json`` unless the run already ended."""
-    run = _safe_json(rundir.run_json) or {}
-    if run.get("status") not in ("completed", "failed"):
+    run = _safe(rundir.run_record) or RunRecord()
+    if run.status not in ("completed", "failed"):
         rundir.update_run(status="interrupted", ended_at=time.time(),
                           error="interrupted by the user (Ctrl-C / SIGTERM)")

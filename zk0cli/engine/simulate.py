@@ -80,12 +80,11 @@ def run_simulation(config: RunConfig, rundir: RunDir, *,
     port = free_port()
     home = FlowerHome(work / "flwr_home", f"127.0.0.1:{port}")
     home.write()
-    logs = rundir.root / "logs"
     cmd = [flower_bin("flower-superlink"), "--simulation", "--insecure",
            "--host", "127.0.0.1", "--port", str(port),
            "--disable-runtime-dependency-installation",
            "--database", str(work / "state.db")]
-    proc = start_process(cmd, env=home.env(), log_path=logs / "superlink.log", cwd=work)
+    proc = start_process(cmd, env=home.env(), log_path=rundir.superlink_log, cwd=work)
     run_id: int | None = None
     # The guard stays active during the clean-up: a second Ctrl-C kills everything at once.
     with InterruptGuard(lambda: kill_tree_now([proc])):
@@ -107,8 +106,7 @@ def run_simulation(config: RunConfig, rundir: RunDir, *,
 def _submit(config: RunConfig, rundir: RunDir, home: FlowerHome, work: Path, port: int,
             proc: Any) -> int:
     """Wait for the SuperLink, submit the zk0 app; returns the Flower run id."""
-    logs = rundir.root / "logs"
-    wait_for_port("127.0.0.1", port, timeout_s=60, proc=proc, log_file=logs / "superlink.log")
+    wait_for_port("127.0.0.1", port, timeout_s=60, proc=proc, log_file=rundir.superlink_log)
     par = parallelism(config)
     fed_cfg: dict[str, float | int] = {
         "num-supernodes": config.num_clients,

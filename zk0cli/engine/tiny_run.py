@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.rundir import RunDir
 from zk0cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from zk0cli.analysis import RunAnalysis
 
 
 def check_checkpoint(rundir: RunDir) -> Path:
@@ -23,7 +26,8 @@ def check_checkpoint(rundir: RunDir) -> Path:
 
     ckpt = rundir.latest_checkpoint()
     if ckpt is None:
-        raise CheckpointError(str(rundir.models_dir), ["models/latest names no checkpoint"])
+        raise CheckpointError(str(rundir.models_dir),
+                              [f"{rundir.latest.name} names no complete checkpoint"])
     verify_checkpoint(ckpt)
     try:
         load_bundle(ckpt)
@@ -33,16 +37,23 @@ def check_checkpoint(rundir: RunDir) -> Path:
     return ckpt
 
 
-def analyze(rundir: RunDir, console: Any) -> None:
-    """Run ``analyze-run`` on the run directory and print its summary."""
-    try:
-        from zk0cli.analysis import analyze_run
-    except ImportError:
-        console.print("analyze-run is not available yet; skipped")
-        return
+def count_findings(analysis: RunAnalysis) -> int:
+    """How many anomalies ``analyze-run`` found (``summary.findings``)."""
+    return len(analysis.summary.findings)
+
+
+def analyze(rundir: RunDir, console: Any) -> int:
+    """Run ``analyze-run`` on the run directory and print its summary.
+
+    Returns:
+        The number of findings.
+    """
+    from zk0cli.analysis import analyze_run
+
     analysis = analyze_run(rundir.root)
-    console.print(f"analysis written to {rundir.report_dir}: "
-                  f"{len(getattr(analysis, 'findings', []))} finding(s)")
+    n = count_findings(analysis)
+    console.print(f"analysis written to {rundir.report_dir}: {n} finding(s)")
+    return n
 
 
 def push(checkpoint: Path, *, repo_id: str, console: Any, endpoint: str | None = None) -> None:

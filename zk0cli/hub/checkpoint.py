@@ -7,8 +7,9 @@ problem at once in one :class:`~zk0cli.errors.CheckpointError`:
 
 - the files: ``config.json``, ``model.safetensors``, ``policy_preprocessor.json``,
   ``policy_postprocessor.json``, the normaliser state files their steps name in
-  ``"state_file"``, ``README.md`` and ``manifest.json``;
-- ``manifest.json``: every listed file exists with the recorded size and SHA-256;
+  ``"state_file"``, ``README.md`` and ``manifest.json`` (zk0's own file, not LeRobot's);
+- ``manifest.json``: every listed file exists with the recorded size and SHA-256
+  (:func:`zk0cli.core.checkpoint.check_manifest`, the check resume and analysis use);
 - every ``.safetensors`` file opens with :func:`safetensors.safe_open` (a truncated or
   padded file fails: its header no longer covers the data);
 - ``config.json`` loads through LeRobot's ``PreTrainedConfig`` as a ``SmolVLAConfig``;
@@ -22,19 +23,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zk0cli.core.checkpoint import MANIFEST_JSON, sha256_file
-from zk0cli.core.rundir import CHECKPOINT_PREFIX, MODELS_DIR, RunDir
+from zk0cli.core.checkpoint import MANIFEST_MISSING, check_manifest
+from zk0cli.core.contract import (
+    CHECKPOINT_PREFIX,
+    LATEST,
+    MANIFEST,
+    MANIFEST_JSON,
+    METRICS_JSON,
+    MODEL_CARD,
+    MODELS_DIR,
+    POLICY_CONFIG_FILE,
+    POLICY_FILES,
+    POSTPROCESSOR_FILE,
+    PREPROCESSOR_FILE,
+    PROCESSOR_STATE_FILE_KEY,
+    PROCESSOR_STEPS_KEY,
+    SAFETENSORS_SUFFIX,
+    WEIGHTS_FILE,
+    round_of_checkpoint,
+)
+from zk0cli.core.rundir import RunDir
 from zk0cli.errors import CheckpointError, RunDirError
 from zk0cli.log import logger
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-PREPROCESSOR_FILE = "policy_preprocessor.json"
-POSTPROCESSOR_FILE = "policy_postprocessor.json"
-CARD_FILE = "README.md"
+# Older names of the checkpoint files, kept importable.
+CONFIG_FILE = POLICY_CONFIG_FILE
+CARD_FILE = MODEL_CARD
 MANIFEST_FILE = MANIFEST_JSON
-METRICS_FILE = "metrics.json"
-POLICY_TYPE = "smolvla"
+METRICS_FILE = METRICS_JSON
+POLICY_TYPE = "smolvla"  # LeRobot's ``type`` of a SmolVLA config
 
 
 @dataclass(frozen=True)
@@ -71,11 +88,11 @@ class ResolvedCheckpoint:
 
 
 def _round_of(path: Path) -> int | None:
-    tail = path.name.removeprefix(CHECKPOINT_PREFIX)
-    if path.name.startswith(CHECKPOINT_PREFIX) and tail.isdigit():
-        return int(tail)
+    rnd = round_of_checkpoint(path.name)
+    if rnd is not None:
+        return rnd
     try:
-        value = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8")).get("round")
+        value = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8")).get(MANIFEST.round)
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) else None
@@ -109,14 +126,15 @@ def resolve_checkpoint(path: Path) -> ResolvedCheckpoint:
     path = Path(path).expanduser().absolute()
     if not path.is_dir():
         raise CheckpointError(str(path), ["not a directory (expected a checkpoint or run dir)"])
-    is_run = (path / "run.json").is_file() or (path / MODELS_DIR).is_dir()
+    rd = RunDir(path)
+    is_run = rd.run_json.is_file() or rd.models_dir.is_dir()
     if not is_run:
         rnd = _round_of(path)
         if rnd is None:
             raise CheckpointError(
                 str(path),
                 [f"cannot tell the round: the name is not {CHECKPOINT_PREFIX}N and "
-                 f"{MANIFEST_FILE} has no integer 'round'"],
+                 f"{MANIFEST_FILE} has no integer {MANIFEST.round!r}"],
             )
         return ResolvedCheckpoint(path, rnd, _enclosing_run_dir(path), from_run_dir=False)
     rd = RunDir.open(path)
@@ -125,7 +143,7 @@ def resolve_checkpoint(path: Path) -> ResolvedCheckpoint:
         found = ", ".join(f"{CHECKPOINT_PREFIX}{r}" for r in rd.checkpoint_rounds()) or "none"
         raise CheckpointError(
             str(path),
-            [f"{MODELS_DIR}/latest is missing or names a missing directory, so the run has no "
+            [f"{MODELS_DIR}/{LATEST} is missing or names a missing directory, so the run has no "
              f"complete checkpoint (checkpoint directories present: {found}); pass one "
              "checkpoint directory explicitly if you know it is complete"],
         )
@@ -158,11 +176,13 @@ def _read_json(path: Path, problems: list[str]) -> Any:
 
 
 def _state_files(processor: Any, name: str, problems: list[str]) -> list[str]:
-    steps = processor.get("steps") if isinstance(processor, dict) else None
+    steps = processor.get(PROCESSOR_STEPS_KEY) if isinstance(processor, dict) else None
     if not isinstance(steps, list):
-        problems.append(f"{name}: has no 'steps' list (not a LeRobot processor pipeline)")
+        problems.append(f"{name}: has no {PROCESSOR_STEPS_KEY!r} list (not a LeRobot processor "
+                        "pipeline)")
         return []
-    return [str(s["state_file"]) for s in steps if isinstance(s, dict) and s.get("state_file")]
+    return [str(s[PROCESSOR_STATE_FILE_KEY]) for s in steps
+            if isinstance(s, dict) and s.get(PROCESSOR_STATE_FILE_KEY)]
 
 
 def _check_safetensors(path: Path, problems: list[str]) -> None:
@@ -199,44 +219,6 @@ def _check_config(directory: Path, problems: list[str]) -> None:
         problems.append(f"{CONFIG_FILE}: loads as {type(config).__name__}, not SmolVLAConfig")
 
 
-def _check_manifest(
-    directory: Path, required: list[str], problems: list[str], *, skip: set[str]
-) -> list[CheckpointFile]:
-    manifest = _read_json(directory / MANIFEST_FILE, problems)
-    entries = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(entries, dict):
-        if manifest is not None:
-            problems.append(f"{MANIFEST_FILE}: has no 'files' mapping")
-        return []
-    files = []
-    for relpath, entry in sorted(entries.items()):
-        if relpath in skip:
-            continue
-        path = directory / relpath
-        if not isinstance(entry, dict) or not {"size", "sha256"} <= set(entry):
-            problems.append(f"{MANIFEST_FILE}: entry {relpath!r} lacks 'size' or 'sha256'")
-            continue
-        if not path.is_file():
-            if relpath not in required:  # required files are reported once, as missing
-                problems.append(f"{relpath}: listed in {MANIFEST_FILE} but missing")
-            continue
-        size = path.stat().st_size
-        if size != entry["size"]:
-            problems.append(f"{relpath}: size {size} bytes, manifest says {entry['size']}")
-            continue
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            problems.append(f"{relpath}: SHA-256 {digest[:12]}… does not match the manifest's "
-                            f"{str(entry['sha256'])[:12]}… (file changed or corrupt)")
-            continue
-        files.append(CheckpointFile(relpath, size, digest))
-    for relpath in required:
-        listed = relpath in entries or relpath in skip or relpath == MANIFEST_FILE
-        if not listed and (directory / relpath).is_file():
-            problems.append(f"{relpath}: not listed in {MANIFEST_FILE}")
-    return files
-
-
 def validate_checkpoint(
     checkpoint: Path, *, repo_id: str | None = None, require_card: bool = True
 ) -> list[CheckpointFile]:
@@ -261,7 +243,7 @@ def validate_checkpoint(
         problems.append(why)
     if not directory.is_dir():
         raise CheckpointError(str(directory), [*problems, "not a directory"])
-    required = [CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_FILE, POSTPROCESSOR_FILE, MANIFEST_FILE]
+    required = [*POLICY_FILES]
     if require_card:
         required.append(CARD_FILE)
     for name in (PREPROCESSOR_FILE, POSTPROCESSOR_FILE):
@@ -274,20 +256,23 @@ def validate_checkpoint(
     problems += [f"{f}: missing (LeRobot needs it to load the policy)" if f != CARD_FILE
                  else f"{f}: missing (the model card; pass --regenerate-card to build one)"
                  for f in missing]
-    files: list[CheckpointFile] = []
-    if (directory / MANIFEST_FILE).is_file():
-        skip = set() if require_card else {CARD_FILE}
-        files = _check_manifest(directory, required, problems, skip=skip)
+    skip = set() if require_card else {CARD_FILE}
+    check = check_manifest(directory, skip=skip, reported_elsewhere=required)
+    if check.manifest is None:
+        problems += [MANIFEST_MISSING] if not (directory / MANIFEST_FILE).is_file() \
+            else check.problems
+    else:
+        problems += check.problems
+        problems += [f"{f}: not listed in {MANIFEST_FILE}" for f in required
+                     if f in check.unlisted]
+    files = [CheckpointFile(rel, e.size, e.sha256) for rel, e in sorted(check.verified.items())]
     for relpath in required:
-        if relpath.endswith(".safetensors") and (directory / relpath).is_file():
+        if relpath.endswith(SAFETENSORS_SUFFIX) and (directory / relpath).is_file():
             _check_safetensors(directory / relpath, problems)
     if (directory / CONFIG_FILE).is_file():
         _check_config(directory, problems)
     if problems:
         raise CheckpointError(str(directory), problems)
-    listed = {f.relpath for f in files} | {MANIFEST_FILE, *([] if require_card else [CARD_FILE])}
-    extra = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                   if p.is_file() and p.relative_to(directory).as_posix() not in listed)
-    if extra:
-        logger.warning("Not in %s, not uploaded: %s", MANIFEST_FILE, ", ".join(extra))
+    if check.unlisted:
+        logger.warning("Not in %s, not uploaded: %s", MANIFEST_FILE, ", ".join(check.unlisted))
     return files

@@ -211,10 +211,14 @@ def prepare_push(options: PushOptions) -> PushPlan:
 
 
 def _manifest_with_card(checkpoint: Path, card: str) -> str:
-    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text(encoding="utf-8"))
+    from zk0cli.core.checkpoint import read_manifest
+    from zk0cli.core.contract import ManifestEntry
+
+    manifest = read_manifest(checkpoint)
     data = card.encode("utf-8")
-    manifest["files"][CARD_FILE] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    return json.dumps(manifest, indent=2) + "\n"
+    manifest.files[CARD_FILE] = ManifestEntry(size=len(data),
+                                              sha256=hashlib.sha256(data).hexdigest())
+    return json.dumps(manifest.to_json(), indent=2) + "\n"
 
 
 def _staged_manifest_size(checkpoint: Path, card: str | None) -> int:

@@ -1,0 +1,118 @@
+"""The round policy of a federation: when to evaluate, checkpoint, and give up.
+
+The ServerApp's ``evaluate_fn`` (:class:`zk0cli.flower.server_app.RoundHook`) asks a
+:class:`RoundPolicy` after every round; the rules live here, without Flower:
+
+- evaluate every ``eval.frequency`` rounds and after the last one;
+- checkpoint every ``checkpoint.interval`` rounds and after the last one, only when a
+  round aggregated since the previous checkpoint;
+- fail the run after ``federation.max_failed_rounds`` consecutive rounds without an
+  aggregated update, or when the last round is reached and no round ever aggregated;
+- before a checkpoint, require as many free bytes as the previous checkpoint takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from zk0cli.core.config import RunConfig
+from zk0cli.core.contract import ROUND, SERVER_DIR, SERVER_EVAL_GLOB
+from zk0cli.errors import FederationError
+
+_FAILURES_HINT = f"See the {ROUND.failures} in {SERVER_DIR}/{SERVER_EVAL_GLOB}."
+
+
+@dataclass
+class RoundPolicy:
+    """Per-run state of the round rules (one instance per ServerApp process).
+
+    Attributes:
+        config: The run configuration.
+        round_offset: Rounds done before this process started (a resume); Flower counts
+            from 1 again.
+        failed_streak: Consecutive rounds without an aggregated update.
+        aggregated_rounds: Rounds that aggregated (a resumed run starts at 1: its
+            checkpoint did).
+        changed_since_checkpoint: Whether the global model changed since the last
+            checkpoint.
+    """
+
+    config: RunConfig
+    round_offset: int = 0
+    failed_streak: int = 0
+    aggregated_rounds: int = 0
+    changed_since_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.round_offset:
+            self.aggregated_rounds = max(self.aggregated_rounds, 1)
+
+    def run_round(self, flower_round: int) -> int | None:
+        """The run's round for Flower's ``flower_round``; ``None`` when nothing is to do.
+
+        Round 0 (the initial model) of a resumed run is already recorded.
+        """
+        if flower_round == 0 and self.round_offset > 0:
+            return None
+        return flower_round + self.round_offset
+
+    def is_last(self, server_round: int) -> bool:
+        """Whether ``server_round`` is the run's last round."""
+        return server_round == self.config.federation.rounds
+
+    def observe(self, server_round: int, *, aggregated: bool) -> None:
+        """Record whether ``server_round`` aggregated a client update."""
+        if aggregated:
+            self.changed_since_checkpoint = True
+            self.aggregated_rounds += 1
+            self.failed_streak = 0
+        elif server_round > 0:
+            self.failed_streak += 1
+
+    def should_evaluate(self, server_round: int) -> bool:
+        """Every ``eval.frequency`` rounds and after the last one."""
+        return server_round % self.config.eval.frequency == 0 or self.is_last(server_round)
+
+    def should_checkpoint(self, server_round: int) -> bool:
+        """Every ``checkpoint.interval`` rounds and after the last, if the model changed."""
+        return server_round > 0 and self.changed_since_checkpoint and (
+            server_round % self.config.checkpoint.interval == 0 or self.is_last(server_round))
+
+    def checkpointed(self) -> None:
+        """Record that the current global model is saved."""
+        self.changed_since_checkpoint = False
+
+    def check_failures(self, server_round: int) -> None:
+        """Give up on a run that keeps failing.
+
+        Raises:
+            FederationError: ``federation.max_failed_rounds`` consecutive failed rounds,
+                or the last round passed and no round ever aggregated.
+        """
+        fed = self.config.federation
+        if self.failed_streak >= fed.max_failed_rounds:
+            raise FederationError(
+                f"{self.failed_streak} consecutive rounds without a valid client reply "
+                f"(federation.max_failed_rounds = {fed.max_failed_rounds}); the last global "
+                f"model is kept. {_FAILURES_HINT}"
+            )
+        if self.is_last(server_round) and self.aggregated_rounds == 0:
+            raise FederationError(
+                f"no round aggregated a client update in {fed.rounds} round(s); every client "
+                f"failed. {_FAILURES_HINT}"
+            )
+
+
+def checkpoint_space_needed(previous: Path | None) -> int:
+    """Free bytes to require before writing a checkpoint: the size of the previous one.
+
+    Args:
+        previous: The newest complete checkpoint directory, or ``None``.
+
+    Returns:
+        Bytes (0 without a previous checkpoint).
+    """
+    if previous is None:
+        return 0
+    return sum(p.stat().st_size for p in previous.rglob("*") if p.is_file())
