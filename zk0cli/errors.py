@@ -9,8 +9,14 @@ exit code lives in the CLI (:mod:`zk0cli.cli.errors`), not here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 
 class Zk0Error(Exception):
@@ -42,6 +48,171 @@ class FieldProblem:
         return f"{self.path} = {self.value!r}: {self.rule}"
 
 
+def problem_lines(problems: Sequence[object]) -> str:
+    """``(N problem[s]):`` and one ``  - item`` line per problem (used by every error here)."""
+    n = len(problems)
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"({n} problem{'s' if n != 1 else ''}):\n{lines}"
+
+
+# --- the one converter from pydantic validation errors to field problems -------------------
+
+_FIELD_IN_MESSAGE = re.compile(r"^(?P<field>[a-z_]+(?:\.[a-z_]+)*)\b")
+_MISSING = object()
+
+
+def _lookup(data: Any, path: Sequence[str | int]) -> Any:
+    node = data
+    for part in path:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list | tuple) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return _MISSING
+    return node
+
+
+def _fields_at(model: type[BaseModel] | None, loc: Sequence[str | int]) -> list[str] | None:
+    """Field names accepted at ``loc`` inside ``model`` (``None`` when unknown)."""
+    from pydantic import BaseModel
+
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside ``T``, ``list[T]``, ``T | None``... (else ``None``)."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, list | tuple) and any(isinstance(v, PurePath) for v in value):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _first_leaf(value: Any, path: list[str | int]) -> tuple[list[str | int], Any]:
+    while isinstance(value, Mapping) and len(value) >= 1:
+        key = next(iter(value))
+        path, value = [*path, str(key)], value[key]
+    return path, value
+
+
+def field_problems(
+    err: ValidationError,
+    *,
+    data: Mapping[str, Any] | None = None,
+    model: type[BaseModel] | None = None,
+    names: Mapping[str, str] | None = None,
+    flags: bool = False,
+) -> list[FieldProblem]:
+    """Turn a pydantic ``ValidationError`` into problems naming the field the user wrote.
+
+    For each error: the dotted path of the field (list items as ``[i]``), the value the
+    user gave (not a whole section) and what is accepted. Model-level checks, whose
+    messages start with the field they are about (``"model.dtype = ... needs ..."``,
+    ``"min_clients must be ..."``), are pointed at that field, read absolutely from the
+    top of ``data`` or relatively to the section. Unknown keys name the key as written
+    and list the keys accepted there.
+
+    Args:
+        err: The validation error.
+        data: The input that was validated (to read the values model-level checks name).
+        model: The model validated (to list the accepted keys of a section).
+        names: How to spell a top-level field for the user (``{"public_keys": "KEY.pub"}``).
+        flags: Command-line options: a field ``dry_run`` reads ``--dry-run`` and list
+            indices are left out.
+
+    Returns:
+        One problem per error, in pydantic's order.
+    """
+    names = dict(names or {})
+    out: list[FieldProblem] = []
+    for e in err.errors():
+        loc: list[str | int] = list(e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        value: Any = e.get("input")
+        if e["type"] == "missing":
+            value = None
+            msg = "required; it is missing"
+        elif e["type"] == "extra_forbidden":
+            accepted = _fields_at(model, loc[:-1])
+            where = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+            where = f"in {where}" if where else "at the top level"
+            msg = f"unknown key {str(loc[-1])!r}" + (
+                f"; accepted {where}: {', '.join(accepted)}" if accepted else
+                "; see the documentation for the accepted keys")
+            loc, value = _first_leaf(value, loc)
+        elif isinstance(value, Mapping) and msg.startswith("--") and ": " in msg:
+            flag, _, msg = msg.partition(": ")  # a rule about several options, named first
+            by_flag = {v: k for k, v in names.items()}
+            field = by_flag.get(flag, flag.removeprefix("--").replace("-", "_"))
+            found = _lookup(data if data is not None else value, [field])
+            out.append(FieldProblem(flag, _plain(None if found is _MISSING else found), msg))
+            continue
+        elif isinstance(value, Mapping) and (m := _FIELD_IN_MESSAGE.match(msg)):
+            named: list[str | int] = list(m.group("field").split("."))
+            section = list(loc)
+            root = data if data is not None else value
+            if loc and _lookup(value, named) is not _MISSING:
+                loc = [*loc, *named]  # relative to the section ("mu_min must ...")
+            elif not loc or named[:len(loc)] == loc or _lookup(root, named) is not _MISSING:
+                loc = named  # an absolute path ("model.dtype ...")
+            else:
+                loc = [*loc, *named]
+            if data is not None:
+                found = _lookup(data, loc)
+            else:
+                found = _lookup(value, loc[len(section):]) if loc[:len(section)] == section \
+                    else _MISSING
+            value = None if found is _MISSING else found
+        out.append(FieldProblem(_spell(loc, names, flags=flags), _plain(value), msg))
+    return out
+
+
+def _spell(loc: Sequence[str | int], names: Mapping[str, str], *, flags: bool) -> str:
+    if not loc:
+        return "(top level)"
+    head, rest = str(loc[0]), loc[1:]
+    if head in names:
+        first = names[head]
+    elif flags:
+        first = "--" + head.replace("_", "-")
+    else:
+        first = head
+    text = first
+    for part in rest:
+        if isinstance(part, int):
+            text += "" if flags else f"[{part}]"
+        else:
+            text += f".{part}"
+    return text
+
+
 class ConfigError(UsageError):
     """A configuration (file, preset, ``--set`` override or flag) is invalid.
 
@@ -58,11 +229,9 @@ class ConfigError(UsageError):
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
-        lines = "\n".join(f"  - {p}" for p in self.problems)
         what = "configuration" if hint is None else "options"
         super().__init__(
-            f"Invalid {what}{where} ({len(self.problems)} problem"
-            f"{'s' if len(self.problems) != 1 else ''}):\n{lines}\n"
+            f"Invalid {what}{where} {problem_lines(self.problems)}\n"
             f"{self.DEFAULT_HINT if hint is None else hint}"
         )
 
@@ -111,10 +280,8 @@ class CheckpointError(UsageError, OSError):
     def __init__(self, path: str, problems: Sequence[str]) -> None:
         self.path = path
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
-            f"Checkpoint {path} cannot be used ({len(self.problems)} problem"
-            f"{'s' if len(self.problems) != 1 else ''}):\n{lines}\n"
+            f"Checkpoint {path} cannot be used {problem_lines(self.problems)}\n"
             "Point at a complete checkpoint (models/checkpoint_round_N) or a run directory."
         )
 
@@ -190,10 +357,8 @@ class DeploymentOptionsError(UsageError):
 
     def __init__(self, problems: Sequence[FieldProblem]) -> None:
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
-            f"Invalid options ({len(self.problems)} problem"
-            f"{'s' if len(self.problems) != 1 else ''}); nothing was started:\n{lines}\n"
+            f"Invalid options {problem_lines(self.problems)}\nNothing was started. "
             "See `zk0 train --help` and docs/deployment.md."
         )
 

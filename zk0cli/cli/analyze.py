@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from zk0cli.cli.errors import err_console, handle_errors
-from zk0cli.errors import ConfigError, FieldProblem
+from zk0cli.errors import ConfigError, field_problems
 
 if TYPE_CHECKING:  # pydantic models; imported when the command runs, so --help stays fast
     from zk0cli.analysis.model import LossStats, RunAnalysis
@@ -156,8 +156,9 @@ def analyze_run(
             opts = AnalyzeRunOptions(run=run, compare=compare, format=fmt,  # type: ignore[arg-type]
                                      outputs_root=outputs_root, write_report=write_report)
         except ValidationError as err:
-            raise ConfigError([FieldProblem("--" + str(e["loc"][0]).replace("_", "-"),
-                                            e.get("input"), e["msg"]) for e in err.errors()],
+            raise ConfigError(field_problems(err, model=AnalyzeRunOptions,
+                                             names={"run": "RUN", "fmt": "--format"},
+                                             flags=True),
                               source="zk0 analyze-run",
                               hint="See `zk0 analyze-run --help` for the accepted values."
                               ) from None

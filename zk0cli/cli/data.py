@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zk0cli.cli.errors import handle_errors
 from zk0cli.core.config import SIM_TASKS
-from zk0cli.errors import FieldProblem, UsageError
+from zk0cli.errors import UsageError, field_problems, problem_lines
 
 app = typer.Typer(help="Dataset tools: generate simulated SO-101 demonstrations.",
                   no_args_is_help=True)
@@ -52,12 +52,8 @@ def _validate(**kwargs: object) -> SimRequest:
     try:
         return SimRequest.model_validate(kwargs)
     except ValidationError as err:
-        problems = [FieldProblem("--" + ".".join(str(p) for p in e["loc"]).replace("_", "-"),
-                                 kwargs.get(str(e["loc"][0])) if e["loc"] else None,
-                                 e["msg"].removeprefix("Value error, "))
-                    for e in err.errors()]
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise UsageError(f"Invalid arguments of zk0 data sim:\n{lines}\n"
+        problems = field_problems(err, data=kwargs, model=SimRequest, flags=True)
+        raise UsageError(f"Invalid arguments of zk0 data sim {problem_lines(problems)}\n"
                          "Fix the flags above; see zk0 data sim --help.") from None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from zk0cli.errors import ConfigError, FieldProblem
+from zk0cli.errors import ConfigError, FieldProblem, field_problems
 
 SIM_TASKS: tuple[str, ...] = ("lift", "pick_place", "stack", "push")
 
@@ -101,7 +100,8 @@ class DatasetSpec(_Section):
         if self.source == "local" and self.root is None:
             raise ValueError("root is required when source = 'local'")
         if self.source == "sim" and self.name not in SIM_TASKS:
-            raise ValueError(f"simulator task must be one of {', '.join(SIM_TASKS)}")
+            raise ValueError(f"name must be a simulator task when source = 'sim': one of "
+                             f"{', '.join(SIM_TASKS)}")
         return self
 
 
@@ -334,43 +334,6 @@ class RunConfig(_Section):
 # --- loading ------------------------------------------------------------------------------
 
 
-def _problems_from(err: ValidationError, data: Mapping[str, Any]) -> list[FieldProblem]:
-    problems = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        path = ".".join(loc) if loc else "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        value: object = e.get("input")
-        if e["type"] == "missing":
-            value = None
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown key; see docs/configuration.md for the accepted keys"
-        if isinstance(value, Mapping):  # a cross-field check: name the field it is about
-            path, value = _field_of_cross_check(loc, msg, value)
-        problems.append(FieldProblem(path, value, msg))
-    return problems
-
-
-_FIELD_IN_MESSAGE = re.compile(r"^(?P<field>[a-z_]+(?:\.[a-z_]+)*)\b")
-
-
-def _field_of_cross_check(loc: list[str], msg: str, section: Mapping[str, Any]
-                          ) -> tuple[str, object]:
-    """Dotted path and value of the field a model-level check names first in its message.
-
-    Cross-field validators start their message with the field they are about
-    ("min_clients (3) must be <= ..."); without that the error would point at a section.
-    """
-    m = _FIELD_IN_MESSAGE.match(msg)
-    if not m:
-        return ".".join(loc) or "(top level)", "(see the rule)"
-    parts = m.group("field").split(".")
-    node: Any = section
-    for part in parts:
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return ".".join([*loc, *parts]), node if not isinstance(node, Mapping) else "(section)"
-
-
 def validate_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
     """Validate a configuration mapping.
 
@@ -387,7 +350,8 @@ def validate_config(data: Mapping[str, Any], *, source: str | None = None) -> Ru
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_problems_from(err, data), source=source) from None
+        raise ConfigError(field_problems(err, data=data, model=RunConfig),
+                          source=source) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

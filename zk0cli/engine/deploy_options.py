@@ -12,9 +12,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,7 +25,7 @@ from pydantic import (
 )
 
 from zk0cli.engine.certs import TlsFiles, check_private_key, check_public_key
-from zk0cli.errors import DeploymentOptionsError, FieldProblem, UsageError
+from zk0cli.errors import DeploymentOptionsError, UsageError, field_problems
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 AUTH_NEEDS_TLS = ("SuperNode authentication needs TLS: without it the SuperLink cannot prove "
@@ -172,24 +173,22 @@ class SuperNodeOptions(ConnectionOptions):
         return self
 
 
+def _public_key(p: Path) -> Path:
+    """One ``KEY.pub`` file: it exists and holds a public key."""
+    path = _existing_file(p, "public key")
+    assert path is not None
+    try:
+        check_public_key(path)
+    except UsageError as err:
+        raise ValueError(str(err)) from None
+    return path
+
+
 class RegisterOptions(ConnectionOptions):
     """``zk0 train register``: add node public keys to a SuperLink with auth on."""
 
-    public_keys: list[Path] = Field(..., min_length=1, description="KEY.pub files")
-
-    @field_validator("public_keys")
-    @classmethod
-    def _keys(cls, v: list[Path]) -> list[Path]:
-        out = []
-        for p in v:
-            path = _existing_file(p, "public key")
-            assert path is not None
-            try:
-                check_public_key(path)
-            except UsageError as err:
-                raise ValueError(str(err)) from None
-            out.append(path)
-        return out
+    public_keys: list[Annotated[Path, AfterValidator(_public_key)]] = Field(
+        ..., min_length=1, description="KEY.pub files")
 
 
 class LocalTrialOptions(_Options):
@@ -229,17 +228,5 @@ def validate_options[M: BaseModel](model: type[M], **values: Any) -> M:
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        problems = []
-        by_flag = {flag: name for name, flag in _FLAGS.items()}
-        for e in err.errors():
-            loc = [str(p) for p in e["loc"] if not isinstance(p, int)]
-            msg = e["msg"].removeprefix("Value error, ")
-            if loc:
-                flag, value = _FLAGS.get(loc[0], loc[0]), e.get("input")
-            else:  # a rule about several options; the message starts with the flag
-                flag, _, msg = msg.partition(": ") if msg.startswith("--") else ("", "", msg)
-                value = values.get(by_flag.get(flag, ""))
-            if isinstance(value, Path):
-                value = str(value)
-            problems.append(FieldProblem(flag or "options", value, msg))
+        problems = field_problems(err, data=values, model=model, names=_FLAGS, flags=True)
         raise DeploymentOptionsError(problems) from None

@@ -34,7 +34,14 @@ from pydantic import (
     ValidationError,
 )
 
-from zk0cli.errors import CheckpointError, HubAuthError, HubError, UsageError
+from zk0cli.errors import (
+    CheckpointError,
+    HubAuthError,
+    HubError,
+    UsageError,
+    field_problems,
+    problem_lines,
+)
 from zk0cli.hub.checkpoint import (
     CARD_FILE,
     MANIFEST_FILE,
@@ -99,13 +106,10 @@ class PushOptions(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as err:
-            lines = []
-            for e in err.errors():
-                field = str(e["loc"][0]) if e["loc"] else "?"
-                flag = "CHECKPOINT_DIR" if field == "checkpoint" else "--" + field.replace("_", "-")
-                lines.append(f"  - {flag} = {e.get('input')!r}: {e['msg']}")
+            problems = field_problems(err, data=values, model=cls,
+                                      names={"checkpoint": "CHECKPOINT_DIR"}, flags=True)
             raise UsageError(
-                "Invalid zk0 push options:\n" + "\n".join(lines) + "\nRevisions and tags are "
+                f"Invalid zk0 push options {problem_lines(problems)}\nRevisions and tags are "
                 "git ref names (letters, digits, . _ - /); --endpoint is an http(s) URL."
             ) from None
 

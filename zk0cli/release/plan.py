@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
 from packaging.version import Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zk0cli.errors import GitError, ReleaseError, ReleaseTestsFailedError
+from zk0cli.errors import GitError, ReleaseError, ReleaseTestsFailedError, field_problems
 from zk0cli.log import logger
 from zk0cli.release.changelog import CHANGELOG, prepend_section, read_changelog, render_section
 from zk0cli.release.git import Git, tag_name
@@ -96,13 +96,10 @@ def validate_request(**fields: object) -> ReleaseRequest:
     try:
         return ReleaseRequest.model_validate(fields)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            name = ".".join(str(p) for p in e["loc"]) or "request"
-            accepted = _ACCEPTED.get(name, e["msg"])
-            problems.append(f"{name} = {e.get('input')!r}: accepted {accepted}")
+        problems = [replace(p, rule=f"accepted {_ACCEPTED.get(p.path, p.rule)}")
+                    for p in field_problems(err, data=fields, model=ReleaseRequest)]
         raise ReleaseError(
-            "Invalid zk0 release request: " + "; ".join(problems)
+            "Invalid zk0 release request: " + "; ".join(map(str, problems))
             + ". Example: zk0 release minor --pre rc --dry-run."
         ) from None
 
