@@ -43,6 +43,9 @@ def _root(
 
     from rich.logging import RichHandler
 
+    from zk0cli.log import quiet_libraries
+
+    quiet_libraries()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",

@@ -95,10 +95,9 @@ class PolicyBundle:
 
 
 def _cache_root(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("ZK0_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "zk0"
+    from zk0cli.core.cache import cache_root
+
+    return Path(cache_dir) if cache_dir is not None else cache_root()
 
 
 def _tiny_vlm_files() -> dict[str, str]:
@@ -206,7 +205,7 @@ def tiny_vlm_dir(cache_dir: Path | None = None) -> Path:
     renamed into place, so concurrent processes never see a half-written directory.
 
     Args:
-        cache_dir: Parent folder; default ``$ZK0_CACHE_DIR`` or ``~/.cache/zk0``.
+        cache_dir: Parent folder; default :func:`zk0cli.core.cache.cache_root`.
 
     Returns:
         ``<cache>/tiny-vlm-<version>``.

@@ -45,6 +45,19 @@ def constant_lr(lr: float) -> Callable[[int], float]:
     return lambda server_round: float(lr)
 
 
+def cosine_anneal(high: float, low: float, progress: float) -> float:
+    """``low + ½(high − low)(1 + cos(π·progress))``: ``high`` at 0, ``low`` at 1.
+
+    The cosine annealing of Loshchilov & Hutter, *SGDR* (ICLR 2017), eq. 5.
+
+    Args:
+        high: Value at ``progress`` = 0.
+        low: Value at ``progress`` = 1.
+        progress: Fraction of the annealing done, in [0, 1].
+    """
+    return low + 0.5 * (high - low) * (1 + math.cos(math.pi * progress))
+
+
 def cosine_lr(lr: float, *, lr_min: float, rounds: int) -> Callable[[int], float]:
     """Cosine decay from ``lr`` (round 1) to ``lr_min`` (round ``rounds``).
 
@@ -57,7 +70,7 @@ def cosine_lr(lr: float, *, lr_min: float, rounds: int) -> Callable[[int], float
 
     def f(server_round: int) -> float:
         progress = min(1.0, max(0, server_round - 1) / span)
-        return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))
+        return cosine_anneal(lr, lr_min, progress)
 
     return f
 
@@ -78,7 +91,7 @@ def cosine_restarts_lr(lr: float, *, lr_min: float, t0: int, t_mult: int
         while t_cur >= t_i:
             t_cur -= t_i
             t_i *= t_mult
-        return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * t_cur / t_i))
+        return cosine_anneal(lr, lr_min, t_cur / t_i)
 
     return f
 

@@ -86,7 +86,9 @@ def _lr_at(step: int, *, steps: int, lr: float, training: TrainingConfig) -> flo
     floor = min(training.min_lr, lr)
     span = max(1, steps - warm - 1)
     progress = min(1.0, (step - warm) / span)
-    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * progress))
+    from zk0cli.core.schedules import cosine_anneal
+
+    return cosine_anneal(lr, floor, progress)
 
 
 def _cycle(loader: DataLoader) -> Iterator[dict[str, Any]]:

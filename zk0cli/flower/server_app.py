@@ -156,6 +156,9 @@ def main(grid: Grid, context: Context) -> None:
     """ServerApp entry point: marks run.json running, runs, marks completed or failed."""
     import logging
 
+    from zk0cli.log import quiet_libraries
+
+    quiet_libraries()
     cfg, run_dir = run_config_of(dict(context.run_config))
     rundir = RunDir(run_dir)
     handler = logging.FileHandler(rundir.server_log)

