@@ -204,10 +204,10 @@ def test_tiny_run_push_phase_uploads_through_the_same_path(
 
     ckpt = run.checkpoint(3)
     with LocalHub() as hub:
-        tiny_run.push(ckpt, repo_id=REPO, console=Console(), endpoint=hub.url)
+        tiny_run.push(ckpt, repo_id=REPO, say=Console().print, endpoint=hub.url)
         assert hub.state.repos[REPO].files == manifest_files(ckpt)
     monkeypatch.delenv("HF_TOKEN")
     with LocalHub() as hub:
         with pytest.raises(HubAuthError):
-            tiny_run.push(ckpt, repo_id=REPO, console=Console(), endpoint=hub.url)
+            tiny_run.push(ckpt, repo_id=REPO, say=Console().print, endpoint=hub.url)
         assert hub.state.requests == []

@@ -18,10 +18,10 @@ def test_findings_are_counted_from_the_summary(tmp_path: Path) -> None:
     assert expected >= 2  # a client dropout and an incomplete checkpoint at least
     assert tiny_run.count_findings(analysis) == expected
     console = Console(record=True, width=200)
-    assert tiny_run.analyze(rd, console) == expected
+    assert tiny_run.analyze(rd, console.print) == expected
     assert f"{expected} finding(s)" in console.export_text()
 
 
 def test_clean_run_reports_zero_findings(tmp_path: Path) -> None:
     rd = write_run(tmp_path)
-    assert tiny_run.analyze(rd, Console(record=True)) == 0
+    assert tiny_run.analyze(rd, Console(record=True).print) == 0

@@ -8,7 +8,7 @@ Exit codes: 0 success; 1 a runtime failure (the run failed, an upload failed);
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
@@ -35,20 +35,22 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 @contextmanager
-def handle_errors(phase: str | None = None) -> Iterator[None]:
+def handle_errors(phase: str | Callable[[], str] | None = None) -> Iterator[None]:
     """Turn known zk0 errors into a one-paragraph message and an exit code.
 
     Unknown exceptions propagate with their traceback: they are bugs to report.
 
     Args:
-        phase: Name of the phase, prefixed to runtime failures ("tiny-run: train failed").
+        phase: Name of the phase, prefixed to runtime failures ("tiny-run: train failed"),
+            or a function returning the current phase's name.
     """
     try:
         yield
     except Zk0Error as exc:
         code = exit_code_for(exc)
         label = "error" if code == EXIT_USAGE else "failed"
-        prefix = f"{phase}: " if phase else ""
+        name = phase() if callable(phase) else phase
+        prefix = f"{name}: " if name else ""
         err_console.print(Text.assemble((f"{label}: ", "bold red"), f"{prefix}{exc}"))
         logging.getLogger("zk0").debug("error details", exc_info=True)
         raise typer.Exit(code) from None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,7 +27,8 @@ from zk0cli.cli.options import (
 if TYPE_CHECKING:
     from zk0cli.core.config import RunConfig
     from zk0cli.core.rundir import RunDir
-    from zk0cli.engine.runs import ProgressFn, RunProgress
+    from zk0cli.engine.lifecycle import Runner, RunOutcome, RunRequest
+    from zk0cli.engine.runs import RunProgress
 
 console = Console(highlight=False)
 
@@ -65,96 +67,50 @@ def summary_table(rundir: RunDir) -> Table:
     return t
 
 
-def run_local_federation(config: RunConfig, *, out: Path | None, command: str,
-                         rundir: RunDir | None = None) -> RunDir:
-    """Validate, prepare data, run the simulation with a live display; return the run dir.
+class RichDisplay:
+    """The rich console implementation of :class:`~zk0cli.engine.lifecycle.RunDisplay`."""
 
-    Args:
-        config: The validated configuration.
-        out: Run directory to create (``None``: ``outputs/<timestamp>``).
-        command: Recorded in ``run.json``.
-        rundir: An existing run directory prepared for a resume (then ``out`` is unused).
+    @contextmanager
+    def status(self, text: str) -> Iterator[Callable[[str], None]]:
+        """A spinner; yields a function that changes its text."""
+        with console.status(text) as st:
+            yield st.update
 
-    Raises:
-        typer.Exit: With 1 when the run did not complete, 130 when interrupted.
-    """
-    from zk0cli.core.rundir import check_new_dir
-    from zk0cli.engine.prepare import prepare_datasets
-    from zk0cli.engine.runs import create_run
-    from zk0cli.engine.simulate import parallelism, run_simulation
+    def info(self, text: str) -> None:
+        """Print one line."""
+        console.print(text)
 
-    if rundir is None and out is not None:
-        check_new_dir(out, purpose="--out")  # before minutes of dataset preparation
-    with console.status("preparing datasets...") as status:
-        prepare_datasets(config, on_dataset=lambda n: status.update(f"preparing dataset {n}..."))
-    if rundir is None:
-        rundir = create_run(config, out=out, command=command, engine="simulation")
-    par = parallelism(config)
-    console.print(f"run directory: {rundir.root}")
-    console.print(f"{config.num_clients} clients, {config.federation.rounds} round(s); "
-                  f"{par.parallel_clients} client(s) in parallel "
-                  f"({par.cpus_per_client:g} CPU each of {par.cpus})")
-    return run_with_display(config, rundir, lambda on_progress: run_simulation(
-        config, rundir, on_progress=on_progress))
+    def follow(self, config: RunConfig, rundir: RunDir, runner: Runner) -> str:
+        """Run ``runner(on_progress)`` under the live progress table."""
+        with Live(console=console, refresh_per_second=2, transient=True) as live:
+            return runner(lambda p: live.update(_progress_table(p, config.num_clients)))
 
 
-def run_with_display(config: RunConfig, rundir: RunDir,
-                     runner: Callable[[ProgressFn], str]) -> RunDir:
-    """Run ``runner(on_progress)`` under the live display, then print the summary.
-
-    Shared by ``simulate``, ``tiny-run`` and ``train``.
+def show_outcome(outcome: RunOutcome, *, t0: float) -> RunDir:
+    """Print the per-round summary and the status; exit 1 unless the run completed.
 
     Raises:
         typer.Exit: With 1 when the run did not complete.
     """
-    t0 = time.monotonic()
-    with Live(console=console, refresh_per_second=2, transient=True) as live:
-        status = runner(lambda p: live.update(_progress_table(p, config.num_clients)))
+    rundir = outcome.rundir
     console.print(summary_table(rundir))
-    run = rundir.run_record()
-    console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
-    if status != "completed":
+    console.print(f"status: {outcome.status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
+    if not outcome.completed:
         from zk0cli.cli.errors import err_console
 
-        err_console.print(f"run {status}: {run.error or f'see {rundir.server_log}'}")
+        err_console.print(f"run {outcome.status}: {outcome.error or f'see {rundir.server_log}'}")
         raise typer.Exit(EXIT_FAILURE)
     return rundir
 
 
-def load_run_config(config: Path | None, preset: str | None, sets: list[str] | None,
-                    flags: Mapping[str, object]) -> RunConfig:
-    """Build the run configuration from ``--config``/``--preset``, ``--set`` and flags.
+def run_request(command: str, *, config: Path | None, preset: str | None,
+                sets: list[str] | None, flags: Mapping[str, object], out: Path | None = None,
+                resume: Path | None = None) -> RunRequest:
+    """The engine's :class:`~zk0cli.engine.lifecycle.RunRequest` from parsed options."""
+    from zk0cli.engine.lifecycle import RunRequest
 
-    Raises:
-        ConfigError: Listing every invalid field.
-    """
-    from zk0cli.core.config import load_config
-
-    return load_config(preset=preset, config_file=config, overrides=sets or [], flags=flags)
-
-
-def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
-                    flags: Mapping[str, object]) -> tuple[RunDir, RunConfig]:
-    """Open a run directory to resume and build its continued configuration.
-
-    The run's own ``config.json`` (or ``--config``) plus ``--set`` and flags, checked
-    against the checkpoint by :func:`zk0cli.core.resume.prepare_resume`.
-
-    Raises:
-        RunDirError: ``run`` is not a run directory or has no complete checkpoint.
-        UsageError: The configuration changed in a way the checkpoint cannot carry over.
-    """
-    from zk0cli.core.config import load_config
-    from zk0cli.core.resume import prepare_resume
-    from zk0cli.core.rundir import RunDir, read_json
-
-    rundir = RunDir.open(run)
-    base = read_json(rundir.config_json)
-    cfg = load_config(config_file=config, base=base, overrides=sets or [], flags=flags)
-    point = prepare_resume(rundir, cfg)
-    console.print(f"resuming {rundir.root} after round {point.server_round} "
-                  f"({point.checkpoint.name})")
-    return rundir, cfg
+    return RunRequest(command=command, config=config, preset=preset, sets=list(sets or []),
+                      flags=dict(flags), out=out, resume=resume)
 
 
 def simulate(
@@ -167,20 +123,14 @@ def simulate(
     resume: ResumeOpt = None,
 ) -> None:
     """Run N virtual clients on this machine through a local Flower SuperLink."""
-    with handle_errors():
-        flags: dict[str, object] = {"federation.rounds": rounds,
-                                    "federation.num_clients": clients}
-        if resume is not None:
-            if out is not None or preset is not None:
-                from zk0cli.errors import UsageError
+    from zk0cli.engine import lifecycle
 
-                raise UsageError("--resume continues the given run directory: drop --out "
-                                 "and --preset (the run's config.json is the base).")
-            rundir, cfg = load_for_resume(resume, config, set_, flags)
-            run_local_federation(cfg, out=None, command="simulate", rundir=rundir)
-        else:
-            cfg = load_run_config(config, preset, set_, flags)
-            run_local_federation(cfg, out=out, command="simulate")
+    t0 = time.monotonic()
+    with handle_errors():
+        req = run_request("simulate", config=config, preset=preset, sets=set_, out=out,
+                          resume=resume, flags={"federation.rounds": rounds,
+                                                "federation.num_clients": clients})
+        show_outcome(lifecycle.simulate(req, RichDisplay()), t0=t0)
     raise typer.Exit(EXIT_OK)
 
 
@@ -201,29 +151,20 @@ def tiny_run(
     """
     from zk0cli.engine import tiny_run as T
 
+    t0 = time.monotonic()
     phase = "config"
     try:
-        with handle_errors(phase):
-            if push and not repo_id:
-                from zk0cli.errors import UsageError
+        with handle_errors(lambda: phase):
+            req = run_request("tiny-run", config=config, preset=None if config else "tiny",
+                              sets=set_, out=out, flags={"federation.rounds": rounds,
+                                                         "federation.num_clients": clients})
 
-                raise UsageError("--push needs --repo-id user/model; nothing was pushed.")
-            cfg = load_run_config(config, None if config else "tiny", set_,
-                        {"federation.rounds": rounds, "federation.num_clients": clients})
-        phase = "federation"
-        with handle_errors(phase):
-            rundir = run_local_federation(cfg, out=out, command="tiny-run")
-        phase = "checkpoint"
-        with handle_errors(phase):
-            ckpt = T.check_checkpoint(rundir)
-            console.print(f"checkpoint reloads offline with SmolVLAPolicy.from_pretrained: {ckpt}")
-        phase = "analysis"
-        with handle_errors(phase):
-            T.analyze(rundir, console)
-        if push:
-            phase = "push"
-            with handle_errors(phase):
-                T.push(ckpt, repo_id=str(repo_id), console=console)
+            def on_phase(name: str) -> None:
+                nonlocal phase
+                phase = name
+
+            T.run_tiny(req, RichDisplay(), on_phase=on_phase, push_repo=repo_id,
+                       push_requested=push, on_federation_end=lambda o: show_outcome(o, t0=t0))
     except typer.Exit as exc:
         if exc.exit_code not in (0, None):
             from zk0cli.cli.errors import err_console

@@ -9,7 +9,7 @@ command zk0 runs is printed (``$ ...``) so operators can run Flower directly lat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from zk0cli.cli.options import (
     SetOpt,
 )
 from zk0cli.cli.run import console
+
+if TYPE_CHECKING:
+    from zk0cli.engine import lifecycle
 
 app = typer.Typer(help="Run a real federation on a Flower SuperLink and SuperNodes "
                   "(see docs/deployment.md).", invoke_without_command=True)
@@ -47,6 +50,41 @@ AuthOpt = Annotated[
 
 def _echo(line: str) -> None:
     console.print(f"[dim]$ {line}[/dim]", soft_wrap=True, markup=True, highlight=False)
+
+
+def train_target(*, superlink: str | None, root_certificates: Path | None, insecure: bool,
+                 local_nodes: int | None, tls_dir: Path | None, auth: bool
+                 ) -> lifecycle.TrainTarget:
+    """Validate where ``zk0 train`` runs: ``--superlink`` or ``--local-nodes`` (exactly one).
+
+    Raises:
+        UsageError: Neither or both, or options of the other mode.
+        DeploymentOptionsError: An invalid address, certificate or count.
+    """
+    from zk0cli.engine import lifecycle
+    from zk0cli.engine.deploy_options import (
+        ConnectionOptions,
+        LocalTrialOptions,
+        validate_options,
+    )
+    from zk0cli.errors import UsageError
+
+    if (superlink is None) == (local_nodes is None):
+        raise UsageError("give exactly one of --superlink HOST:PORT (a running SuperLink) "
+                         "or --local-nodes K (a trial on this machine).")
+    if local_nodes is not None:
+        if root_certificates is not None:
+            raise UsageError("--root-certificates is for --superlink; with --local-nodes "
+                             "use --tls-dir (or nothing for a throwaway CA).")
+        return lifecycle.TrainTarget(trial=validate_options(
+            LocalTrialOptions, nodes=local_nodes, tls_dir=tls_dir, insecure=insecure, auth=auth))
+    if tls_dir is not None or auth:
+        raise UsageError("--tls-dir and --auth start a local SuperLink (with "
+                         "--local-nodes or `zk0 train superlink`); to submit to a "
+                         "running SuperLink give --root-certificates ca.crt.")
+    return lifecycle.TrainTarget(connection=validate_options(
+        ConnectionOptions, superlink=superlink, root_certificates=root_certificates,
+        insecure=insecure))
 
 
 @app.callback()
@@ -75,77 +113,20 @@ def train(
     """
     if ctx.invoked_subcommand is not None:
         return
+    import time
+
+    from zk0cli.cli.run import RichDisplay, run_request, show_outcome
+    from zk0cli.engine import lifecycle
+
+    t0 = time.monotonic()
     with handle_errors():
-        from zk0cli.cli.run import load_for_resume, load_run_config, run_with_display
-        from zk0cli.engine import deploy as D
-        from zk0cli.engine.deploy_options import (
-            ConnectionOptions,
-            LocalTrialOptions,
-            validate_options,
-        )
-        from zk0cli.engine.runs import create_run
-        from zk0cli.errors import UsageError
-
-        if resume is not None and (out is not None or preset is not None):
-            raise UsageError("--resume continues the given run directory: drop --out and "
-                             "--preset (the run's config.json is the base).")
-        if out is not None:
-            from zk0cli.core.rundir import check_new_dir
-
-            check_new_dir(out, purpose="--out")  # before any process or dataset work
-        if (superlink is None) == (local_nodes is None):
-            raise UsageError("give exactly one of --superlink HOST:PORT (a running SuperLink) "
-                             "or --local-nodes K (a trial on this machine).")
-        if local_nodes is not None:
-            if root_certificates is not None:
-                raise UsageError("--root-certificates is for --superlink; with --local-nodes "
-                                 "use --tls-dir (or nothing for a throwaway CA).")
-            trial = validate_options(LocalTrialOptions, nodes=local_nodes, tls_dir=tls_dir,
-                                     insecure=insecure, auth=auth)
-            flags = {"federation.rounds": rounds,
-                     "federation.num_clients": clients or local_nodes}
-            if resume is not None:
-                rundir, cfg = load_for_resume(resume, config, set_, flags)
-            else:
-                cfg = load_run_config(config, preset, set_, flags)
-            from zk0cli.engine.prepare import prepare_datasets
-
-            with console.status("preparing datasets..."):
-                prepare_datasets(cfg)
-            if resume is None:
-                rundir = create_run(cfg, out=out, command="train", engine="deployment")
-            console.print(f"run directory: {rundir.root}")
-            console.print(f"local trial: SuperLink + {local_nodes} SuperNodes, "
-                          f"{'TLS' if not insecure else 'no TLS'}"
-                          f"{', node authentication' if auth else ''}; "
-                          f"{cfg.federation.rounds} round(s)")
-            run_with_display(cfg, rundir, lambda on_progress: D.run_local_trial(
-                cfg, rundir, trial, on_progress=on_progress, on_command=_echo))
-        else:
-            if tls_dir is not None or auth:
-                raise UsageError("--tls-dir and --auth start a local SuperLink (with "
-                                 "--local-nodes or `zk0 train superlink`); to submit to a "
-                                 "running SuperLink give --root-certificates ca.crt.")
-            conn = validate_options(ConnectionOptions, superlink=superlink,
-                                    root_certificates=root_certificates, insecure=insecure)
-            flags = {"federation.rounds": rounds, "federation.num_clients": clients}
-            if resume is None:
-                cfg = load_run_config(config, preset, set_, flags)
-            D.probe_superlink(conn)  # before a run directory exists or is changed
-            if resume is not None:
-                rundir, cfg = load_for_resume(resume, config, set_, flags)
-            with console.status("preparing the server's datasets..."):
-                D.prepare_coordinator_datasets(cfg)
-            if resume is None:
-                rundir = create_run(cfg, out=out, command="train", engine="deployment")
-            console.print(f"run directory: {rundir.root}")
-            console.print(f"SuperLink {conn.superlink} ({'TLS' if not insecure else 'no TLS'});"
-                          f" waiting for {cfg.federation.min_clients} of {cfg.num_clients} "
-                          f"SuperNodes; {cfg.federation.rounds} round(s)")
-            run_with_display(cfg, rundir, lambda on_progress: D.run_deployment(
-                cfg, rundir, superlink=conn.superlink,
-                root_certificates=conn.root_certificates, on_progress=on_progress,
-                on_command=_echo))
+        target = train_target(superlink=superlink, root_certificates=root_certificates,
+                              insecure=insecure, local_nodes=local_nodes, tls_dir=tls_dir,
+                              auth=auth)
+        req = run_request("train", config=config, preset=preset, sets=set_, out=out,
+                          resume=resume, flags={"federation.rounds": rounds,
+                                                "federation.num_clients": clients or local_nodes})
+        show_outcome(lifecycle.train(req, target, RichDisplay(), on_command=_echo), t0=t0)
     raise typer.Exit(EXIT_OK)
 
 

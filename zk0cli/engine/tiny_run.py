@@ -1,15 +1,17 @@
-"""The phases of ``zk0 tiny-run`` after the federation: check, analyse, push."""
+"""``zk0 tiny-run``: the lifecycle of :mod:`zk0cli.engine.lifecycle`, then check, analyse, push."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from zk0cli.core.rundir import RunDir
-from zk0cli.errors import CheckpointError
+from zk0cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
     from zk0cli.analysis import RunAnalysis
+    from zk0cli.engine.lifecycle import RunDisplay, RunOutcome, RunRequest
 
 
 def check_checkpoint(rundir: RunDir) -> Path:
@@ -42,8 +44,12 @@ def count_findings(analysis: RunAnalysis) -> int:
     return len(analysis.summary.findings)
 
 
-def analyze(rundir: RunDir, console: Any) -> int:
+def analyze(rundir: RunDir, say: Callable[[str], None]) -> int:
     """Run ``analyze-run`` on the run directory and print its summary.
+
+    Args:
+        rundir: The run.
+        say: Prints one line.
 
     Returns:
         The number of findings.
@@ -52,17 +58,18 @@ def analyze(rundir: RunDir, console: Any) -> int:
 
     analysis = analyze_run(rundir.root)
     n = count_findings(analysis)
-    console.print(f"analysis written to {rundir.report_dir}: {n} finding(s)")
+    say(f"analysis written to {rundir.report_dir}: {n} finding(s)")
     return n
 
 
-def push(checkpoint: Path, *, repo_id: str, console: Any, endpoint: str | None = None) -> None:
+def push(checkpoint: Path, *, repo_id: str, say: Callable[[str], None],
+         endpoint: str | None = None) -> None:
     """Push the checkpoint to the Hub (only when the user asked with --push).
 
     Args:
         checkpoint: The run's newest checkpoint.
         repo_id: Target ``namespace/name``.
-        console: Where to print the commit URL.
+        say: Prints the commit URL.
         endpoint: Hub URL (default ``HF_ENDPOINT`` or huggingface.co).
 
     Raises:
@@ -75,5 +82,46 @@ def push(checkpoint: Path, *, repo_id: str, console: Any, endpoint: str | None =
     plan = prepare_push(PushOptions.from_flags(checkpoint=checkpoint, repo_id=repo_id,
                                                endpoint=endpoint))
     result = upload_checkpoint(plan)
-    console.print(f"pushed {len(plan.files)} files to {repo_id}, tag {result.tag}: "
-                  f"{result.commit_url}")
+    say(f"pushed {len(plan.files)} files to {repo_id}, tag {result.tag}: {result.commit_url}")
+
+
+def run_tiny(req: RunRequest, ui: RunDisplay, *, push_repo: str | None, push_requested: bool,
+             on_phase: Callable[[str], None],
+             on_federation_end: Callable[[RunOutcome], object]) -> RunOutcome:
+    """``zk0 tiny-run``: config, federation, checkpoint, analysis, and push if asked.
+
+    Args:
+        req: The request (``command`` = ``tiny-run``).
+        ui: The display.
+        push_repo: ``--repo-id`` for ``--push``.
+        push_requested: ``--push`` was given.
+        on_phase: Told each phase's name as it starts (errors name the phase).
+        on_federation_end: Shows the federation's outcome; may stop the command (a run
+            that did not complete).
+
+    Returns:
+        The federation's outcome.
+
+    Raises:
+        UsageError: ``--push`` without ``--repo-id``, or bad configuration.
+        CheckpointError: The checkpoint is incomplete or does not reload.
+    """
+    from zk0cli.engine import lifecycle
+
+    on_phase("config")
+    if push_requested and not push_repo:
+        raise UsageError("--push needs --repo-id user/model; nothing was pushed.")
+    lifecycle.check_request(req)
+    cfg = lifecycle.load_config(req)
+    on_phase("federation")
+    outcome = lifecycle.simulate(req, ui, config=cfg)
+    on_federation_end(outcome)
+    on_phase("checkpoint")
+    ckpt = check_checkpoint(outcome.rundir)
+    ui.info(f"checkpoint reloads offline with SmolVLAPolicy.from_pretrained: {ckpt}")
+    on_phase("analysis")
+    analyze(outcome.rundir, ui.info)
+    if push_repo and push_requested:
+        on_phase("push")
+        push(ckpt, repo_id=push_repo, say=ui.info)
+    return outcome
