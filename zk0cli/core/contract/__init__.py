@@ -385,3 +385,58 @@ UPSTREAM_DIAGNOSIS_LR: Final = "diagnosis_lr"
 UPSTREAM_HISTORY_LOSS: Final = ROW.server_policy_loss
 #: Older zk0 clients marked a failure with ``failed`` = 1.
 LEGACY_FAILED: Final = "failed"
+
+
+# --- the reference tables of docs/run-directory.md -----------------------------------------
+#: The records documented, with the file each one is.
+DOCUMENTED_RECORDS: Final[tuple[tuple[str, type[BaseModel]], ...]] = (
+    (RUN_JSON, RunRecord),
+    (f"{RUN_JSON}: resumes[]", ResumeEntry),
+    (f"{RUN_JSON}: resume", ResumeFrom),
+    (f"{SERVER_DIR}/{server_eval_name(0).replace('0', '<N>', 1)}", ServerRoundRecord),
+    (f"{SERVER_DIR}/...: server_eval", ServerEval),
+    (f"{SERVER_DIR}/...: individual_client_training_metrics[]", ClientMetrics),
+    (f"{SERVER_DIR}/...: failures[]", FailureRecord),
+    (f"{SERVER_DIR}/{FEDERATED_METRICS_JSON}: one row per round", MetricsRow),
+    (f"{CLIENTS_DIR}/<client_id>/{client_round_name(0).replace('0', '<N>', 1)}",
+     ClientRoundRecord),
+    (f"{MODELS_DIR}/{CHECKPOINT_PREFIX}<N>/{MANIFEST_JSON}", CheckpointManifest),
+    (f"{MODELS_DIR}/{CHECKPOINT_PREFIX}<N>/{MANIFEST_JSON}: files{{}}", ManifestEntry),
+    (f"{MODELS_DIR}/{CHECKPOINT_PREFIX}<N>/{METRICS_JSON}", CheckpointMetrics),
+)
+DOC_BEGIN: Final = "<!-- BEGIN GENERATED: record fields (scripts/gen_run_dir_docs.py) -->"
+DOC_END: Final = "<!-- END GENERATED: record fields -->"
+
+
+def _type_text(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    if text is None:
+        text = str(annotation).replace("typing.", "")
+    for prefix in ("zk0cli.core.contract.", "<class '", "'>"):
+        text = text.replace(prefix, "")
+    return text
+
+
+def render_record_tables() -> str:
+    """Markdown tables of every record's fields (the generated part of run-directory.md)."""
+    from pydantic_core import PydanticUndefined
+
+    lines = [DOC_BEGIN, "",
+             f"Generated from `zk0cli/core/contract/__init__.py` (schema version "
+             f"{SCHEMA_VERSION}); a test fails when it is stale. Records keep keys they do "
+             "not know.", ""]
+    for title, model in DOCUMENTED_RECORDS:
+        doc = (model.__doc__ or "").strip().splitlines()[0]
+        lines += [f"### `{title}`", "", doc, "", "| key | type | default | meaning |",
+                  "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            if info.default is PydanticUndefined and info.default_factory is None:
+                default = "required"
+            else:
+                default = f"`{info.get_default(call_default_factory=True)!r}`"
+            desc = (info.description or "").replace("|", "\\|")
+            ann = _type_text(info.annotation).replace("|", "\\|")
+            lines.append(f"| `{name}` | `{ann}` | {default} | {desc} |")
+        lines.append("")
+    lines.append(DOC_END)
+    return "\n".join(lines)
