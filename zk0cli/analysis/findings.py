@@ -15,6 +15,7 @@ from typing import TypeGuard
 
 from zk0cli.analysis.model import Finding, RoundRecord, RunData
 from zk0cli.analysis.thresholds import AnalysisThresholds
+from zk0cli.core.contract import AGG_NUM_CLIENTS, RUN
 
 _ZERO_CLIENT_FIELDS = ("loss", "policy_loss", "grad_norm", "param_update_norm")
 _ZERO_AGG_FIELDS = ("loss_avg", "policy_loss_avg", "grad_norm_avg", "param_update_norm_avg")
@@ -79,7 +80,7 @@ def detect_dropouts(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     want = max(len(ids), configured_clients(run) or 0)
     for rec in run.training_rounds:
         if rec.source != "server_eval":
-            n = rec.aggregated_metrics.get("num_clients")
+            n = rec.aggregated_metrics.get(AGG_NUM_CLIENTS)
             if n is not None and n < want and not sampled:
                 shortfall.append((rec.round, f"round {rec.round}: {n:g} of {want} clients"))
             continue
@@ -131,7 +132,7 @@ def detect_non_finite(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     """Every NaN/Inf value stored in the run's files."""
     # zk0 writes NaN means/stds for a round in which no client reported: "no data", not a
     # numerical failure (that round is reported as no_aggregation)
-    empty = {r.round for r in run.training_rounds if r.aggregated_metrics.get("num_clients") == 0}
+    empty = {r.round for r in run.training_rounds if r.aggregated_metrics.get(AGG_NUM_CLIENTS) == 0}
     rounds: set[int] = set()
     evidence = []
     for where, name, value in run.non_finite:
@@ -257,7 +258,7 @@ def detect_history_gaps(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     present = {r.round for r in run.rounds}
     if present:
         first = 0 if run.format == "zk0" else min(present)
-        last = max(max(present), int(run.run_info.get("rounds_completed") or 0))
+        last = max(max(present), int(run.run_info.get(RUN.rounds_completed) or 0))
         for n in range(first, last + 1):
             if n not in present:
                 rounds.add(n)

@@ -15,6 +15,8 @@ from zk0cli.analysis.model import (
     RunData,
     Summary,
 )
+from zk0cli.constants import PARAM_UPDATE_NORM
+from zk0cli.core.contract import AGG_NUM_CLIENTS, AGG_NUM_FAILURES, RUN, avg_key
 
 COMPOSITE = "composite"
 _HIGHLIGHTS = (
@@ -88,10 +90,10 @@ def round_rows(run: RunData) -> list[RoundRow]:
     for rec in run.rounds:
         ok = rec.ok_clients
         n_ok = len(ok) if rec.source == "server_eval" else int(
-            rec.aggregated_metrics.get("num_clients") or 0)
+            rec.aggregated_metrics.get(AGG_NUM_CLIENTS) or 0)
         n_fail = sum(1 for c in rec.clients if c.status == "failed") or int(
-            rec.aggregated_metrics.get("num_failures") or 0)
-        pua = rec.aggregated_metrics.get("param_update_norm_avg")
+            rec.aggregated_metrics.get(AGG_NUM_FAILURES) or 0)
+        pua = rec.aggregated_metrics.get(avg_key(PARAM_UPDATE_NORM))
         if pua is None:
             norms = [c.param_update_norm for c in ok if c.param_update_norm is not None]
             pua = sum(norms) / len(norms) if norms else None
@@ -120,8 +122,8 @@ def summarize(run: RunData, findings: list[Finding]) -> Summary:
     rows = round_rows(run)
     info = run.run_info
     found = max((r.round for r in run.rounds), default=0)
-    completed = int(info.get("rounds_completed") or found)
-    planned = info.get("rounds_planned")
+    completed = int(info.get(RUN.rounds_completed) or found)
+    planned = info.get(RUN.rounds_planned)
     if planned is None:
         planned = flatten(run.config or {}).get("federation.rounds")
     datasets = sorted({k for r in rows for k in r.eval_datasets})
@@ -130,8 +132,8 @@ def summarize(run: RunData, findings: list[Finding]) -> Summary:
                         for d in datasets})
     part = [r.participation_pct for r in rows if r.participation_pct is not None]
     secs = [r.seconds for r in rows if r.seconds is not None and math.isfinite(r.seconds)]
-    run_keys = ("status", "engine", "command", "seed", "versions", "started_at", "ended_at",
-                "updated_at", "error")
+    run_keys = (RUN.status, RUN.engine, RUN.command, RUN.seed, RUN.versions, RUN.started_at,
+                RUN.ended_at, RUN.updated_at, RUN.error)
     return Summary(
         run_dir=run.root, run_name=run.root.name, format=run.format, status=run.status,
         status_note=_status_note(run, completed, planned if isinstance(planned, int) else None),

@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zk0cli.core.contract import (  # noqa: F401  (file names re-exported)
+    POLICY_FILES,
+    POSTPROCESSOR_FILE,
+    PREPROCESSOR_FILE,
+)
 from zk0cli.errors import (
     CheckpointError,
     ConfigError,
@@ -53,8 +58,6 @@ TINY_IMAGE_SIZE = 64
 TINY_MAX_DIM = 8
 TINY_CHUNK_SIZE = 10
 
-PREPROCESSOR_FILE = "policy_preprocessor.json"
-POSTPROCESSOR_FILE = "policy_postprocessor.json"
 
 # SmolVLM's special tokens (the policy reads the ids of the fake-image and global-image
 # tokens from the tokenizer; the processor reads the others).
@@ -585,7 +588,7 @@ def load_bundle(directory: Path, *, device: str = "cpu") -> PolicyBundle:
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     directory = Path(directory)
-    needed = ["config.json", "model.safetensors", PREPROCESSOR_FILE, POSTPROCESSOR_FILE]
+    needed = list(POLICY_FILES)
     missing = [f"{n} is missing" for n in needed if not (directory / n).is_file()]
     if missing:
         raise CheckpointError(str(directory), missing)

@@ -34,6 +34,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedProx
 
 from zk0cli import constants as K
+from zk0cli.core.contract import (
+    AGG_NUM_CLIENTS,
+    AGG_NUM_EXAMPLES,
+    AGG_NUM_FAILURES,
+    avg_key,
+    std_key,
+)
 from zk0cli.core.transport import (
     TensorSpec,
     TransportDtype,
@@ -120,14 +127,14 @@ def aggregate_client_metrics(reports: Iterable[ClientReport]) -> dict[str, float
     reports = list(reports)
     ok = [r for r in reports if r.ok]
     out: dict[str, float | int] = {
-        "num_clients": len(ok),
-        "num_failures": len(reports) - len(ok),
-        "num_examples": int(sum(r.weight for r in ok)),
+        AGG_NUM_CLIENTS: len(ok),
+        AGG_NUM_FAILURES: len(reports) - len(ok),
+        AGG_NUM_EXAMPLES: int(sum(r.weight for r in ok)),
     }
     for name in AGGREGATED_METRICS:
         values = [float(r.metrics[name]) for r in ok if name in r.metrics]
-        out[f"{name}_avg"] = statistics.fmean(values) if values else math.nan
-        out[f"{name}_std"] = statistics.pstdev(values) if values else math.nan
+        out[avg_key(name)] = statistics.fmean(values) if values else math.nan
+        out[std_key(name)] = statistics.pstdev(values) if values else math.nan
     return out
 
 
