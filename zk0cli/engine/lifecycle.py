@@ -246,12 +246,9 @@ def train(req: RunRequest, target: TrainTarget, ui: RunDisplay, *,
         return _finish(run, status)
     conn = target.connection
     assert conn is not None
-    cfg = load_config(req) if req.resume is None else None
+    fresh = load_config(req) if req.resume is None else None
     D.probe_superlink(conn)  # before a run directory exists or is changed
-    rundir = None
-    if req.resume is not None:
-        rundir, cfg = open_resume(req, ui)
-    assert cfg is not None
+    rundir, cfg = (None, fresh) if fresh is not None else open_resume(req, ui)
     with ui.status("preparing the server's datasets..."):
         D.prepare_coordinator_datasets(cfg)
     run = _create(req, cfg, rundir, "deployment")

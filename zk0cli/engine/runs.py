@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from zk0cli.core.config import RunConfig, config_to_json
 from zk0cli.core.contract import FINAL_STATUSES, RunRecord
@@ -20,8 +19,6 @@ from zk0cli.core.rundir import RunDir, check_new_dir
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
 from zk0cli.errors import FederationError, RunDirError
 from zk0cli.log import logger
-
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -86,7 +83,7 @@ def progress_of(rundir: RunDir, total: int, t0: float) -> RunProgress:
                        time.monotonic() - t0, run.status)
 
 
-def _safe[T](read: Callable[[], _T]) -> _T | None:
+def _safe[T](read: Callable[[], T]) -> T | None:
     """``read()``, or ``None`` when the file is half-written or not what it should be."""
     try:
         return read()
