@@ -14,17 +14,21 @@ from zk0cli.core.config import render_config_reference
 OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
-def main() -> int:
-    """Write (or with --check, verify) docs/configuration.md; returns the exit code."""
-    text = render_config_reference()
+def write_or_check(out: Path, text: str, *, script: str) -> int:
+    """Write ``text`` to ``out``, or with ``--check`` verify it is there; the exit code."""
     if "--check" in sys.argv:
-        if not OUT.is_file() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is stale: run `python scripts/gen_config_docs.py`")
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            print(f"{out} is stale: run `python scripts/{script}`")
             return 1
         return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
     return 0
+
+
+def main() -> int:
+    """Write (or with --check, verify) docs/configuration.md; returns the exit code."""
+    return write_or_check(OUT, render_config_reference(), script=Path(__file__).name)
 
 
 if __name__ == "__main__":

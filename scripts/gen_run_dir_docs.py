@@ -26,16 +26,10 @@ def generated(text: str) -> str:
 
 def main() -> int:
     """Write (or with --check, verify) docs/run-directory.md; returns the exit code."""
-    current = OUT.read_text(encoding="utf-8")
-    text = generated(current)
-    if "--check" in sys.argv:
-        if text != current:
-            print(f"{OUT} is stale: run `python scripts/gen_run_dir_docs.py`")
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
-    return 0
+    from gen_config_docs import write_or_check  # scripts/ is on sys.path when run
+
+    return write_or_check(OUT, generated(OUT.read_text(encoding="utf-8")),
+                          script=Path(__file__).name)
 
 
 if __name__ == "__main__":
