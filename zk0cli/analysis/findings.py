@@ -15,7 +15,15 @@ from typing import TypeGuard
 
 from zk0cli.analysis.model import Finding, RoundRecord, RunData
 from zk0cli.analysis.thresholds import AnalysisThresholds
-from zk0cli.core.contract import AGG_NUM_CLIENTS, RUN
+from zk0cli.core.contract import (
+    AGG_NUM_CLIENTS,
+    FEDERATED_METRICS_JSON,
+    REL_FEDERATED_METRICS,
+    REL_LATEST,
+    REL_POLICY_LOSS_HISTORY,
+    RUN,
+    rel_server_eval,
+)
 
 _ZERO_CLIENT_FIELDS = ("loss", "policy_loss", "grad_norm", "param_update_norm")
 _ZERO_AGG_FIELDS = ("loss_avg", "policy_loss_avg", "grad_norm_avg", "param_update_norm_avg")
@@ -262,32 +270,32 @@ def detect_history_gaps(run: RunData, th: AnalysisThresholds) -> list[Finding]:
         for n in range(first, last + 1):
             if n not in present:
                 rounds.add(n)
-                evidence.append(f"round {n}: no server/round_{n}_server_eval.json and no "
-                                "federated_metrics.json row")
+                evidence.append(f"round {n}: no {rel_server_eval(n)} and no "
+                                f"{FEDERATED_METRICS_JSON} row")
     for rec in run.rounds:
         if rec.source == "federated_metrics":
             rounds.add(rec.round)
-            evidence.append(f"round {rec.round}: server/round_{rec.round}_server_eval.json "
-                            "missing (row in federated_metrics.json)")
+            evidence.append(f"round {rec.round}: {rel_server_eval(rec.round)} "
+                            f"missing (row in {FEDERATED_METRICS_JSON})")
     settled = [n for n in from_eval if not (run.status == "running" and n == max(from_eval))]
     if settled and run.federated_rounds is None and run.format == "zk0":
-        evidence.append("server/federated_metrics.json is missing")
+        evidence.append(f"{REL_FEDERATED_METRICS} is missing")
     elif run.federated_rounds is not None:
         for n in settled:
             if n not in run.federated_rounds:
                 rounds.add(n)
-                evidence.append(f"round {n}: no row in server/federated_metrics.json")
+                evidence.append(f"round {n}: no row in {REL_FEDERATED_METRICS}")
     evaluated = [r.round for r in run.rounds if r.source == "server_eval"
                  and r.composite is not None and r.round in settled]
     hist = run.policy_loss_history
     if evaluated and hist is None and run.format == "zk0":
-        evidence.append("server/policy_loss_history.json is missing")
+        evidence.append(f"{REL_POLICY_LOSS_HISTORY} is missing")
     elif evaluated and hist is not None:
         if not hist:
-            evidence.append("server/policy_loss_history.json is empty")
+            evidence.append(f"{REL_POLICY_LOSS_HISTORY} is empty")
         missing = [n for n in evaluated if n not in hist]
         rounds.update(missing)
-        evidence += [f"round {n}: evaluated but not in server/policy_loss_history.json"
+        evidence += [f"round {n}: evaluated but not in {REL_POLICY_LOSS_HISTORY}"
                      for n in (missing if hist else [])]
     if not evidence:
         return []
@@ -303,14 +311,14 @@ def detect_incomplete_checkpoints(run: RunData, th: AnalysisThresholds) -> list[
            for c in run.checkpoints if not c.complete]
     if run.latest_problem:
         out.append(Finding(kind="incomplete_checkpoint", severity="error",
-                           evidence=[run.latest_problem], message="models/latest is dangling"))
+                           evidence=[run.latest_problem], message=f"{REL_LATEST} is dangling"))
     elif run.latest:
         bad = [c for c in run.checkpoints if c.path.name == run.latest and not c.complete]
         if bad:
             out.append(Finding(kind="incomplete_checkpoint", severity="error",
                                rounds=[bad[0].round],
-                               evidence=[f"models/latest names {run.latest}"],
-                               message="models/latest names an incomplete checkpoint"))
+                               evidence=[f"{REL_LATEST} names {run.latest}"],
+                               message=f"{REL_LATEST} names an incomplete checkpoint"))
     return out
 
 

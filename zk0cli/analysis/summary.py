@@ -16,7 +16,7 @@ from zk0cli.analysis.model import (
     Summary,
 )
 from zk0cli.constants import PARAM_UPDATE_NORM
-from zk0cli.core.contract import AGG_NUM_CLIENTS, AGG_NUM_FAILURES, RUN, avg_key
+from zk0cli.core.contract import AGG_NUM_CLIENTS, AGG_NUM_FAILURES, RUN, RUN_JSON, avg_key
 
 COMPOSITE = "composite"
 _HIGHLIGHTS = (
@@ -80,7 +80,7 @@ def _status_note(run: RunData, rounds_completed: int, planned: int | None) -> st
         "completed": f"completed {rounds_completed}{of} rounds",
         "failed": f"failed after {rounds_completed}{of} rounds: {run.run_info.get('error')}",
         "interrupted": f"interrupted after {rounds_completed}{of} rounds",
-    }.get(run.status, f"status unknown ({'no run.json' if run.format == 'upstream' else 'run.json has no valid status'}); {rounds_completed} rounds found")  # noqa: E501
+    }.get(run.status, f"status unknown ({f'no {RUN_JSON}' if run.format == 'upstream' else f'{RUN_JSON} has no valid status'}); {rounds_completed} rounds found")  # noqa: E501
 
 
 def round_rows(run: RunData) -> list[RoundRow]:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zk0cli.core.config import RunConfig
-from zk0cli.core.contract import ROUND, SERVER_DIR, SERVER_EVAL_GLOB
+from zk0cli.core.contract import REL_ROUND_FILES, ROUND
 from zk0cli.errors import FederationError
 
-_FAILURES_HINT = f"See the {ROUND.failures} in {SERVER_DIR}/{SERVER_EVAL_GLOB}."
+_FAILURES_HINT = f"See the {ROUND.failures} in {REL_ROUND_FILES}."
 
 
 @dataclass

@@ -138,7 +138,8 @@ def follow_run(
                 if prog.status in FINAL_STATUSES:
                     return prog.status
                 return _fail(rundir, f"Flower reports the run {status} but the ServerApp "
-                             "wrote no final status; see server.log and logs/")
+                             f"wrote no final status; see {rundir.server_log} and "
+                             f"{rundir.logs_dir}/")
         if now > deadline:
             stop_run(home, run_id)
             return _fail(rundir, f"the run exceeded its time limit ({deadline - t0:.0f} s)")

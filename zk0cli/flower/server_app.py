@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from zk0cli.core.config import RunConfig
-from zk0cli.core.contract import EVAL, ServerRoundRecord
+from zk0cli.core.contract import EVAL, REL_LATEST, ServerRoundRecord
 from zk0cli.core.recorder import RunRecorder
 from zk0cli.core.resume import recorded_client_losses, resume_start  # noqa: F401  (re-export)
 from zk0cli.core.rounds import RoundPolicy, checkpoint_space_needed
@@ -95,7 +95,7 @@ class RoundHook:
             raise FederationError(
                 f"could not write the checkpoint of round {server_round} under "
                 f"{self.rundir.models_dir} ({err}); the previous checkpoint ({kept}) and "
-                "models/latest are intact. Free disk space, then continue with "
+                f"{REL_LATEST} are intact. Free disk space, then continue with "
                 f"`zk0 simulate --resume {self.rundir.root}` (or `zk0 train --resume ...` for a "
                 "deployment)."
             ) from err

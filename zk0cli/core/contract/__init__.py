@@ -102,6 +102,18 @@ def resume_dir_name(k: int) -> str:
     return f"{RESUME_DIR_PREFIX}{k}"
 
 
+def rel_server_eval(server_round: int) -> str:
+    """``server/round_<N>_server_eval.json`` relative to the run directory (for messages)."""
+    return f"{SERVER_DIR}/{server_eval_name(server_round)}"
+
+
+#: Paths relative to the run directory, for messages.
+REL_FEDERATED_METRICS: Final = f"{SERVER_DIR}/{FEDERATED_METRICS_JSON}"
+REL_POLICY_LOSS_HISTORY: Final = f"{SERVER_DIR}/{POLICY_LOSS_HISTORY_JSON}"
+REL_LATEST: Final = f"{MODELS_DIR}/{LATEST}"
+REL_ROUND_FILES: Final = f"{SERVER_DIR}/{SERVER_EVAL_GLOB}"
+
+
 def _round_between(name: str, prefix: str, suffix: str) -> int | None:
     if not (name.startswith(prefix) and name.endswith(suffix)):
         return None
