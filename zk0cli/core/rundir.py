@@ -404,7 +404,14 @@ def read_policy_loss_history(rundir: RunDir) -> dict[int, float | None]:
     """``server/policy_loss_history.json`` as round -> loss (empty when absent)."""
     path = rundir.policy_loss_history
     raw = read_json(path) if path.is_file() else {}
-    return {int(k): (float(v) if v is not None else None) for k, v in raw.items()}
+    out: dict[int, float | None] = {}
+    for key, value in (raw.items() if isinstance(raw, dict) else []):
+        if str(key).isdigit():
+            try:
+                out[int(key)] = None if value is None else float(value)
+            except (TypeError, ValueError):
+                out[int(key)] = None  # not a number (e.g. an upstream {...} entry)
+    return out
 
 
 def read_server_round(rundir: RunDir, server_round: int) -> ServerRoundRecord:
