@@ -60,3 +60,56 @@ def test_checkpoint_space_is_the_previous_checkpoint_size(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
     assert checkpoint_space_needed(tmp_path) == 15
+
+
+def test_server_hook_records_and_checkpoints_through_the_contract(tmp_path, monkeypatch):
+    """The ServerApp's evaluate_fn writes typed records and a verified checkpoint."""
+    from zk0cli.core import contract as C
+    from zk0cli.core import policy
+    from zk0cli.core.checkpoint import verify_checkpoint
+    from zk0cli.core.recorder import RunRecorder
+    from zk0cli.core.rundir import RunDir, read_json
+    from zk0cli.core.strategy import ClientReport, RoundOutcome
+    from zk0cli.core.transport import to_array_record
+    from zk0cli.flower.server_app import RoundHook
+
+    cfg = load_config(preset="tiny", overrides=["federation.rounds=2", "eval.frequency=1",
+                                                "checkpoint.interval=1"])
+    rd = RunDir.create(tmp_path, name="run")
+    rd.config_json.write_text(cfg.model_dump_json(), encoding="utf-8")
+    monkeypatch.setattr(policy, "save_bundle",
+                        lambda bundle, d: (d / C.WEIGHTS_FILE).write_bytes(b"w"))
+
+    class Evaluator:
+        bundle = None
+        seen = 0
+
+        def set_global(self, state):
+            self.seen += 1
+
+        def evaluate(self):
+            return C.ServerEval(datasets={"lift": 0.5}, composite=0.5)
+
+    class Strategy:
+        round_offset = 0
+        outcomes = {1: RoundOutcome(1, [ClientReport("0", 7, True, {"policy_loss": 0.4},
+                                                     weight=4)], True, None, 0.1, 1e-4),
+                    2: RoundOutcome(2, [ClientReport("0", 7, False, {}, reason="boom")],
+                                    False, "no valid replies", 0.1, 1e-4)}
+
+    import torch
+
+    arrays = to_array_record({"w": torch.zeros(2)}, transport_dtype="float32")
+    hook = RoundHook(cfg, rd, Evaluator(), Strategy(), RunRecorder(rd))
+    assert hook(0, arrays) is not None and hook(1, arrays) is not None
+    assert hook(2, arrays) is not None
+    r1 = C.ServerRoundRecord.model_validate(read_json(rd.server_eval(1)))
+    assert r1.aggregated and r1.individual_client_training_metrics[0].policy_loss == 0.4
+    r2 = C.ServerRoundRecord.model_validate(read_json(rd.server_eval(2)))
+    assert not r2.aggregated and r2.failures[0].reason == "boom"
+    assert rd.latest_checkpoint() == rd.checkpoint(1)  # round 2 changed nothing
+    verify_checkpoint(rd.checkpoint(1))
+    metrics = C.CheckpointMetrics.model_validate(
+        read_json(rd.checkpoint(1) / C.METRICS_JSON))
+    assert metrics.round == 1 and metrics.server_eval.composite == 0.5
+    assert rd.run_record().rounds_completed == 2
