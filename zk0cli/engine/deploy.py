@@ -30,6 +30,7 @@ from typing import Any
 
 from zk0cli import constants as K
 from zk0cli.core.config import RunConfig
+from zk0cli.core.contract import SUPERLINK_LOG
 from zk0cli.core.rundir import RunDir
 from zk0cli.engine.certs import TlsFiles, make_certificates, make_node_keys, node_key_paths
 from zk0cli.engine.deploy_options import (
@@ -425,7 +426,7 @@ def serve_superlink(opts: SuperLinkOptions, *, state_dir: Path,
         KeyboardInterrupt: After stopping it.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
-    proc = start_superlink(opts, work=state_dir, log_path=state_dir / "superlink.log",
+    proc = start_superlink(opts, work=state_dir, log_path=state_dir / SUPERLINK_LOG,
                            on_command=on_command)
     try:
         if on_ready:
