@@ -115,12 +115,32 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     console.print(summary_table(rundir))
     run = rundir.read_run()
     console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
+    _print_tracking(run)
     if status != "completed":
         from zk0cli.cli.errors import err_console
 
         err_console.print(f"run {status}: {run.get('error') or 'see server.log'}")
         raise typer.Exit(EXIT_FAILURE)
     return rundir
+
+
+def _print_tracking(run: Mapping[str, object]) -> None:
+    """Where the experiment trackers logged (``run.json`` ``tracking``), never secrets."""
+    from zk0cli import constants as K
+
+    tracking = run.get(K.RUN_TRACKING_KEY)
+    if not isinstance(tracking, Mapping):
+        return
+    tb = tracking.get("tensorboard")
+    if isinstance(tb, Mapping) and tb.get("log_dir"):
+        console.print(f"TensorBoard: tensorboard --logdir {tb['log_dir']}")
+    wb = tracking.get("wandb")
+    if isinstance(wb, Mapping):
+        if wb.get(K.WANDB_URL):
+            console.print(f"W&B run: {wb[K.WANDB_URL]}")
+        if wb.get(K.WANDB_SYNC_COMMAND):
+            console.print(f"W&B run {wb.get(K.WANDB_ID)} logged offline; upload it with: "
+                          f"{wb[K.WANDB_SYNC_COMMAND]}")
 
 
 def load_run_config(config: Path | None, preset: str | None, sets: list[str] | None,
@@ -131,8 +151,11 @@ def load_run_config(config: Path | None, preset: str | None, sets: list[str] | N
         ConfigError: Listing every invalid field.
     """
     from zk0cli.core.config import load_config
+    from zk0cli.core.tracking import require_trackers
 
-    return load_config(preset=preset, config_file=config, overrides=sets or [], flags=flags)
+    cfg = load_config(preset=preset, config_file=config, overrides=sets or [], flags=flags)
+    require_trackers(cfg.tracking)  # exit 2 naming the extra, before anything starts
+    return cfg
 
 
 def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
@@ -153,6 +176,9 @@ def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
     rundir = RunDir.open(run)
     base = read_json(rundir.config_json)
     cfg = load_config(config_file=config, base=base, overrides=sets or [], flags=flags)
+    from zk0cli.core.tracking import require_trackers
+
+    require_trackers(cfg.tracking)  # before prepare_resume moves any file
     point = prepare_resume(rundir, cfg)
     console.print(f"resuming {rundir.root} after round {point.server_round} "
                   f"({point.checkpoint.name})")

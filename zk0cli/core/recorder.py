@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zk0cli import constants as K
 from zk0cli.core.rundir import RunDir, RunStatus, read_json, write_json
 from zk0cli.core.strategy import RoundOutcome, aggregate_client_metrics
+from zk0cli.log import logger
+
+if TYPE_CHECKING:
+    from zk0cli.core.tracking import Tracker
 
 
 def library_versions() -> dict[str, str]:
@@ -34,10 +39,14 @@ class RunRecorder:
 
     Args:
         rundir: The run directory (already created, holding ``config.json``).
+        trackers: Experiment trackers fed after each record is written
+            (:mod:`zk0cli.core.tracking`); a tracker that fails is dropped with a warning,
+            the run and its files go on.
     """
 
-    def __init__(self, rundir: RunDir) -> None:
+    def __init__(self, rundir: RunDir, *, trackers: Sequence[Tracker] = ()) -> None:
         self.rundir = rundir
+        self.trackers = list(trackers)
 
     def start(self, *, engine: str, command: str, seed: int, rounds: int) -> None:
         """Mark the run as running (keeps fields the engine wrote earlier)."""
@@ -54,10 +63,12 @@ class RunRecorder:
             round_seconds=run.get("round_seconds", {}),
             error=None,
         )
+        self._track("start", self.rundir.read_run())
 
     def finish(self, status: RunStatus, *, error: str | None = None) -> None:
         """Record the final status (``completed``, ``failed`` or ``interrupted``)."""
         self.rundir.update_run(status=status, error=error, ended_at=time.time())
+        self._track("finish", status)
 
     def record_round(
         self,
@@ -78,6 +89,7 @@ class RunRecorder:
         """
         reports = outcome.reports if outcome else []
         individual = []
+        client_files = []
         for r in reports:
             entry = {K.CLIENT_ID: r.client_id, **r.metrics, "node_id": r.node_id}
             entry.pop(K.FAILED, None)
@@ -87,6 +99,7 @@ class RunRecorder:
             if not r.ok:
                 client_file[K.ERROR] = r.reason
             write_json(self.rundir.client_round(r.client_id, server_round), client_file)
+            client_files.append(client_file)
         aggregated = aggregate_client_metrics(reports) if outcome else None
         composite = server_eval["composite"] if server_eval else None
         round_file = {
@@ -111,7 +124,32 @@ class RunRecorder:
         round_seconds = dict(run.get("round_seconds", {}))
         round_seconds[str(server_round)] = seconds
         self.rundir.update_run(rounds_completed=server_round, round_seconds=round_seconds)
+        self._track("log_round", server_round, round_file, client_files)
         return round_file
+
+    # --- experiment trackers (zk0cli.core.tracking) ---------------------------------------
+
+    def _track(self, event: str, *args: Any) -> None:
+        """Call ``event`` (``start``, ``log_round``, ``finish``) on every tracker.
+
+        What ``start`` and ``finish`` return is kept in ``run.json`` under ``tracking``.
+        """
+        kept: dict[str, Mapping[str, Any]] = {}
+        for tracker in list(self.trackers):
+            try:
+                info = getattr(tracker, event)(*args)
+            except Exception as err:  # a tracker never stops the run; the JSON is the source
+                logger.warning("tracker %s failed in %s (%s: %s); it is turned off for this "
+                               "run", tracker.name, event, type(err).__name__, err)
+                self.trackers.remove(tracker)
+                continue
+            if info:
+                kept[tracker.name] = info
+        if kept:
+            tracking = dict(self.rundir.read_run().get(K.RUN_TRACKING_KEY) or {})
+            for name, info in kept.items():
+                tracking[name] = {**(tracking.get(name) or {}), **info}
+            self.rundir.update_run(**{K.RUN_TRACKING_KEY: tracking})
 
     def _append_history(self, server_round: int, round_file: dict[str, Any],
                         composite: float | None) -> None:
