@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from zk0cli import constants as K
@@ -58,7 +58,10 @@ def server_reachable(timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
         return False
 
 
-def effective_mode(requested: str) -> tuple[str, str | None]:
+Mode = Literal["online", "offline"]
+
+
+def effective_mode(requested: str) -> tuple[Mode, str | None]:
     """The mode a run can use, and why it differs from ``requested``.
 
     Args:
@@ -69,7 +72,7 @@ def effective_mode(requested: str) -> tuple[str, str | None]:
         otherwise ``offline`` with the reason (``None`` when nothing changed).
     """
     if requested != "online":
-        return requested, None
+        return "offline", None
     if not has_credentials():
         return "offline", "no W&B credentials (set WANDB_API_KEY or run `wandb login`)"
     if not server_reachable():
@@ -100,10 +103,10 @@ class WandbTracker:
         require_module("wandb", tracker="Weights & Biases", field=WANDB_FIELD)
         self.run_dir = Path(run_dir)
         self.requested_mode = mode
+        self.mode: Mode = "offline"
         self.project, self.entity, self.tags = project, entity, list(tags)
         self.config = dict(config)
         self._run: Any = None
-        self.mode = mode
 
     def start(self, run_record: Mapping[str, Any]) -> Mapping[str, Any]:
         """Start (or, on a resume, continue) the W&B run.
