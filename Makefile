@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-$(TEST_STAMP): $(STAMP)
+$(TEST_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,tracking]'
 	touch $(TEST_STAMP)
 
