@@ -240,14 +240,20 @@ def test_a_tracker_that_is_not_installed_exits_2_naming_the_extra(tmp_path, monk
 
 @pytest.mark.slow
 def test_simulate_with_tensorboard_on_the_embedded_defaults(tmp_path):
+    """One federation: TensorBoard (the issue's command) and W&B offline in the ServerApp."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["simulate", "--preset", "tiny", "--rounds", "1",
                                    "--clients", "2", "--set", "tracking.tensorboard=true",
-                                   "--out", str(out)])
+                                   "--set", "tracking.wandb.mode=offline", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert f"tensorboard --logdir {out / K.TENSORBOARD_DIR}" in " ".join(res.output.split())
+    printed = "".join(res.output.split())  # rich wraps long paths
+    assert f"tensorboard--logdir{out / K.TENSORBOARD_DIR}" in printed
+    wandb_info = read_json(out / "run.json")[K.RUN_TRACKING_KEY]["wandb"]
+    assert "".join(wandb_info[K.WANDB_SYNC_COMMAND].split()) in printed
+    ids, history = read_offline_run(out / K.WANDB_DIR)
+    assert ids == [wandb_info[K.WANDB_ID]]
     rundir = RunDir.open(out)
     acc = EventAccumulator(str(out / K.TENSORBOARD_DIR), size_guidance={"scalars": 0})
     acc.Reload()
@@ -256,6 +262,7 @@ def test_simulate_with_tensorboard_on_the_embedded_defaults(tmp_path):
         assert "server/eval_loss/composite" in expected
         for tag, value in expected.items():
             assert {e.step: e.value for e in acc.Scalars(tag)}[r] == pytest.approx(value), tag
+        assert {k: history[r][k] for k in expected} == pytest.approx(expected)
     expected, _ = expected_scalars(rundir, 1)
     assert {f"client/{c}/loss" for c in ("0", "1")} <= set(expected)
     assert "clients/loss_avg" in expected and "round/lr" in expected

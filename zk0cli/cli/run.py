@@ -172,12 +172,11 @@ def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
     from zk0cli.core.config import load_config
     from zk0cli.core.resume import prepare_resume
     from zk0cli.core.rundir import RunDir, read_json
+    from zk0cli.core.tracking import require_trackers
 
     rundir = RunDir.open(run)
     base = read_json(rundir.config_json)
     cfg = load_config(config_file=config, base=base, overrides=sets or [], flags=flags)
-    from zk0cli.core.tracking import require_trackers
-
     require_trackers(cfg.tracking)  # before prepare_resume moves any file
     point = prepare_resume(rundir, cfg)
     console.print(f"resuming {rundir.root} after round {point.server_round} "
