@@ -1,24 +1,32 @@
 # zk0 set-up and entry points. `make demo` and `make test` work on a fresh machine:
-# they create .venv with Python 3.12, install zk0 and its test extra, and run offline.
+# they create .venv with Python 3.12, install zk0 and its test extra (`make test` also
+# the tracking extra: the suite checks the TensorBoard and W&B trackers), and run offline.
 PYTHON ?= python3.12
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.zk0-installed
+TEST_STAMP := $(VENV)/.zk0-tracking-installed
 # Offline and headless: tests never reach the Hub; MuJoCo renders through EGL.
 export HF_HUB_OFFLINE := 1
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: install system-deps demo test test-fast lint docs clean
+.PHONY: install install-test system-deps demo test test-fast lint docs clean
 
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,tracking]'
+	touch $(TEST_STAMP)
 
 # Offscreen OpenGL for the MuJoCo simulator (Debian: libegl1, libgl1, libgles2).
 system-deps:
@@ -31,10 +39,10 @@ system-deps:
 demo: install
 	$(BIN)/zk0 tiny-run
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install-test
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install

@@ -58,3 +58,19 @@ QUIET_ENV: Final = {
 STATS_ACTION: Final = "stats"  # ClientApp query action: message type "query.stats"
 STATS_KEY: Final = "zk0-stats"  # JSON sufficient statistics (query reply; merged, train config)
 IMAGE_FRAMES_KEY: Final = "image-frames"  # query config: frames sampled for camera statistics
+
+# --- experiment tracking (TensorBoard, Weights & Biases) -----------------------------------
+TRACKING_EXTRA: Final = "tracking"  # pip extra: pip install 'zk0cli[tracking]'
+RUN_TRACKING_KEY: Final = "tracking"  # run.json: {tracker name: what the tracker recorded}
+TENSORBOARD_DIR: Final = "tensorboard"  # outputs/<run>/tensorboard/: TensorBoard event files
+WANDB_DIR: Final = "wandb"  # outputs/<run>/wandb/: W&B's local run directories
+TB_SERVER_EVAL: Final = "server/eval_loss"  # server/eval_loss/<dataset>, .../composite
+TB_COMPOSITE: Final = "composite"
+TB_CLIENTS_AGG: Final = "clients"  # clients/<metric>_avg, clients/<metric>_std, clients/num_*
+TB_CLIENT: Final = "client"  # client/<client_id>/<metric>
+TB_ROUND: Final = "round"  # round/lr, round/proximal_mu, round/seconds, round/bytes_sent
+ROUND_SCALAR_FIELDS: Final = ("lr", "proximal_mu", "seconds", "bytes_sent")  # round-file keys
+WANDB_ID: Final = "id"  # run.json tracking.wandb: the W&B run id (kept for --resume)
+WANDB_MODE: Final = "mode"  # the mode the run actually used (online|offline)
+WANDB_URL: Final = "url"  # the run's page (online runs only)
+WANDB_SYNC_COMMAND: Final = "sync_command"  # `wandb sync <dir>` for offline runs

@@ -95,6 +95,7 @@ def show_outcome(outcome: RunOutcome, *, t0: float) -> RunDir:
     rundir = outcome.rundir
     console.print(summary_table(rundir))
     console.print(f"status: {outcome.status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
+    _print_tracking(rundir.read_run())
     if not outcome.completed:
         from zk0cli.cli.errors import err_console
 
@@ -111,6 +112,26 @@ def run_request(command: str, *, config: Path | None, preset: str | None,
 
     return RunRequest(command=command, config=config, preset=preset, sets=list(sets or []),
                       flags=dict(flags), out=out, resume=resume)
+
+
+def _print_tracking(run: Mapping[str, object]) -> None:
+    """Where the experiment trackers logged (``run.json`` ``tracking``), never secrets."""
+    from zk0cli import constants as K
+
+    tracking = run.get(K.RUN_TRACKING_KEY)
+    if not isinstance(tracking, Mapping):
+        return
+    tb = tracking.get("tensorboard")
+    if isinstance(tb, Mapping) and tb.get("log_dir"):
+        console.print(f"TensorBoard: tensorboard --logdir {tb['log_dir']}")
+    wb = tracking.get("wandb")
+    if isinstance(wb, Mapping):
+        if wb.get(K.WANDB_URL):
+            console.print(f"W&B run: {wb[K.WANDB_URL]}")
+        if wb.get(K.WANDB_SYNC_COMMAND):
+            console.print(f"W&B run {wb.get(K.WANDB_ID)} logged offline; upload it with: "
+                          f"{wb[K.WANDB_SYNC_COMMAND]}")
+
 
 
 def simulate(

@@ -181,6 +181,16 @@ def _versions(run: RunRecord) -> list[tuple[str, str]]:
     return ordered + sorted(versions.items())
 
 
+def _wandb_url(run: RunRecord) -> str | None:
+    """The W&B run page recorded in ``run.json`` when the run was logged online."""
+    from zk0cli import constants as K
+
+    wb = run.tracking.get("wandb") or {}
+    if wb.get(K.WANDB_MODE) == "online" and wb.get(K.WANDB_URL):
+        return str(wb[K.WANDB_URL])
+    return None
+
+
 def build_model_card(
     run_dir: Path, *, checkpoint_round: int, repo_id: str | None = None
 ) -> ModelCard:
@@ -262,4 +272,5 @@ def build_model_card(
         best=(summary or {}).get("best"),
         last=(summary or {}).get("last"),
         versions=_versions(run),
+        wandb_url=_wandb_url(run),
     )

@@ -282,6 +282,34 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
 
+# --- experiment tracking (docs/tracking.md) -----------------------------------------------
+
+
+class WandbConfig(_Section):
+    """Weights & Biases logging (needs `pip install 'zk0cli[tracking]'`)."""
+
+    mode: Literal["disabled", "online", "offline"] = Field(
+        "disabled",
+        description="`online` logs to the W&B server (falls back to `offline` without "
+        "credentials or network); `offline` writes under outputs/<run>/wandb/ for a later "
+        "`wandb sync`; `disabled` logs nothing.",
+    )
+    project: str = Field("zk0", min_length=1, description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (user or team); None: the "
+                               "account's default.")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags.")
+
+
+class TrackingConfig(_Section):
+    """Experiment trackers fed from the run's records (the run directory stays the source)."""
+
+    tensorboard: bool = Field(
+        False, description="Write TensorBoard event files under outputs/<run>/tensorboard/ "
+        "(needs `pip install 'zk0cli[tracking]'`).",
+    )
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
 class RunConfig(_Section):
     """The whole configuration of a zk0 run."""
 
@@ -295,6 +323,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def num_clients(self) -> int:
@@ -515,6 +544,7 @@ def render_config_reference() -> str:
         ("training", TrainingConfig), ("federation", FederationConfig),
         ("schedule", ScheduleConfig), ("eval", EvalConfig),
         ("checkpoint", CheckpointConfig), ("logging", LoggingConfig),
+        ("tracking", TrackingConfig), ("tracking.wandb", WandbConfig),
     ]
     for title, model in sections:
         lines += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], "",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zk0cli import constants as K
 from zk0cli.core.contract import (
@@ -35,6 +35,10 @@ from zk0cli.core.rundir import (  # noqa: F401  (readers re-exported)
     write_json,
 )
 from zk0cli.core.strategy import RoundOutcome, aggregate_client_metrics
+from zk0cli.log import logger
+
+if TYPE_CHECKING:
+    from zk0cli.core.tracking import Tracker
 
 
 def library_versions() -> dict[str, str]:
@@ -56,10 +60,14 @@ class RunRecorder:
 
     Args:
         rundir: The run directory (already created, holding ``config.json``).
+        trackers: Experiment trackers fed after each record is written
+            (:mod:`zk0cli.core.tracking`); a tracker that fails is dropped with a warning,
+            the run and its files go on.
     """
 
-    def __init__(self, rundir: RunDir) -> None:
+    def __init__(self, rundir: RunDir, *, trackers: Sequence[Tracker] = ()) -> None:
         self.rundir = rundir
+        self.trackers = list(trackers)
 
     def start(self, *, engine: str, command: str, seed: int, rounds: int) -> None:
         """Mark the run as running (keeps fields the engine wrote earlier)."""
@@ -74,10 +82,12 @@ class RunRecorder:
             rounds_planned=rounds,
             error=None,
         )
+        self._track("start", self.rundir.read_run())
 
     def finish(self, status: RunStatus, *, error: str | None = None) -> None:
         """Record the final status (``completed``, ``failed`` or ``interrupted``)."""
         self.rundir.update_run(status=status, error=error, ended_at=time.time())
+        self._track("finish", status)
 
     def record_round(
         self,
@@ -100,6 +110,7 @@ class RunRecorder:
             server_eval = ServerEval.model_validate(server_eval)
         reports = outcome.reports if outcome else []
         individual = []
+        client_files = []
         for r in reports:
             metrics = {k: v for k, v in r.metrics.items()
                        if k not in (K.FAILED, K.NUM_EXAMPLES_KEY, K.ERROR)}
@@ -114,6 +125,7 @@ class RunRecorder:
             if r.ok:
                 data.pop(CLIENT.error)
             write_json(self.rundir.client_round(r.client_id, server_round), data)
+            client_files.append(data)
             if r.ok:
                 individual.append(entry)
         aggregated = aggregate_client_metrics(reports) if outcome else None
@@ -137,7 +149,32 @@ class RunRecorder:
         run = self.rundir.run_record()
         self.rundir.update_run(rounds_completed=server_round,
                                round_seconds={**run.round_seconds, str(server_round): seconds})
+        self._track("log_round", server_round, record.to_json(), client_files)
         return record
+
+    # --- experiment trackers (zk0cli.core.tracking) ---------------------------------------
+
+    def _track(self, event: str, *args: Any) -> None:
+        """Call ``event`` (``start``, ``log_round``, ``finish``) on every tracker.
+
+        What ``start`` and ``finish`` return is kept in ``run.json`` under ``tracking``.
+        """
+        kept: dict[str, Mapping[str, Any]] = {}
+        for tracker in list(self.trackers):
+            try:
+                info = getattr(tracker, event)(*args)
+            except Exception as err:  # a tracker never stops the run; the JSON is the source
+                logger.warning("tracker %s failed in %s (%s: %s); it is turned off for this "
+                               "run", tracker.name, event, type(err).__name__, err)
+                self.trackers.remove(tracker)
+                continue
+            if info:
+                kept[tracker.name] = info
+        if kept:
+            tracking = dict(self.rundir.run_record().tracking or {})
+            for name, info in kept.items():
+                tracking[name] = {**(tracking.get(name) or {}), **info}
+            self.rundir.update_run(tracking=tracking)
 
     def _append_history(self, record: ServerRoundRecord) -> None:
         agg = record.client_aggregated_training_metrics or {}

@@ -118,8 +118,11 @@ def load_config(req: RunRequest) -> RunConfig:
         ConfigError: Listing every invalid field.
     """
     from zk0cli.core.config import load_config as _load
+    from zk0cli.core.tracking import require_trackers
 
-    return _load(preset=req.preset, config_file=req.config, overrides=req.sets, flags=req.flags)
+    cfg = _load(preset=req.preset, config_file=req.config, overrides=req.sets, flags=req.flags)
+    require_trackers(cfg.tracking)  # exit 2 naming the extra, before anything starts
+    return cfg
 
 
 def open_resume(req: RunRequest, ui: RunDisplay) -> tuple[RunDir, RunConfig]:
@@ -137,6 +140,9 @@ def open_resume(req: RunRequest, ui: RunDisplay) -> tuple[RunDir, RunConfig]:
     rundir = RunDir.open(req.resume)
     base = read_json(rundir.config_json)
     cfg = _load(config_file=req.config, base=base, overrides=req.sets, flags=req.flags)
+    from zk0cli.core.tracking import require_trackers
+
+    require_trackers(cfg.tracking)  # before prepare_resume moves any file
     point = prepare_resume(rundir, cfg)
     ui.info(f"resuming {rundir.root} after round {point.server_round} "
             f"({point.checkpoint.name})")

@@ -151,6 +151,13 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
                    train_config=train_config, evaluate_fn=hook)
 
 
+def _trackers(cfg: RunConfig, rundir: RunDir) -> list[Any]:
+    """The experiment trackers ``cfg.tracking`` asks for (:mod:`zk0cli.core.tracking`)."""
+    from zk0cli.core.tracking import build_trackers
+
+    return list(build_trackers(cfg, rundir.root))
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """ServerApp entry point: marks run.json running, runs, marks completed or failed."""
@@ -166,7 +173,7 @@ def main(grid: Grid, context: Context) -> None:
     for name in ("zk0", "flwr"):
         logging.getLogger(name).addHandler(handler)
     logging.getLogger("zk0").setLevel(cfg.logging.level)
-    recorder = RunRecorder(rundir)
+    recorder = RunRecorder(rundir, trackers=_trackers(cfg, rundir))
     recorder.start(engine=rundir.run_record().engine or "deployment",
                    command="flower", seed=cfg.seed, rounds=cfg.federation.rounds)
     try:

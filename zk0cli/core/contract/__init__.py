@@ -209,6 +209,9 @@ class RunRecord(_Record):
         default_factory=list, description="One entry per `--resume`.")
     resume: ResumeFrom | None = Field(
         None, description="Where the current (resumed) process started.")
+    tracking: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Tracker name -> what the tracker recorded "
+        "(e.g. the W&B run id, mode and sync command); see docs/tracking.md.")
 
 
 def read_run_record(raw: Any) -> RunRecord:
