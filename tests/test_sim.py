@@ -136,7 +136,7 @@ def test_cli_writes_datasets_lerobot_loads_with_action_chunks(tmp_path):
     for task in ("pick_place", "push"):
         ds = LeRobotDataset(f"zk0/sim_{task}", root=out / task, video_backend="pyav",
                             delta_timestamps={"action": [i / 30 for i in range(10)]})
-        assert ds.meta.robot_type == "so101" and ds.fps == 30
+        assert ds.meta.robot_type == "so_follower" and ds.fps == 30
         assert ds.num_episodes == 3 and ds.meta.total_frames > 150
         assert ds.meta.features["action"]["names"][0] == "shoulder_pan.pos"
         batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)))

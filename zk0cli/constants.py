@@ -58,3 +58,11 @@ QUIET_ENV: Final = {
 STATS_ACTION: Final = "stats"  # ClientApp query action: message type "query.stats"
 STATS_KEY: Final = "zk0-stats"  # JSON sufficient statistics (query reply; merged, train config)
 IMAGE_FRAMES_KEY: Final = "image-frames"  # query config: frames sampled for camera statistics
+
+# --- what a user sees (issue 23) -----------------------------------------------------------
+PROGRESS_FILE: Final = "progress.json"  # server/progress.json: phase and replies of the round
+PROGRESS_PHASE: Final = "phase"  # e.g. "statistics", "round 0 evaluation", "round 3 training"
+PROGRESS_ROUND: Final = "round"  # the run's round being trained (0 before round 1)
+PROGRESS_SENT: Final = "sent"  # messages sent in the current exchange
+PROGRESS_REPLIES: Final = "replies"  # replies received so far in the current exchange
+SIM_LOG: Final = "zk0-data-sim.log"  # `zk0 data sim`: the video encoders' own output

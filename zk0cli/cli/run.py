@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors
+from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors, make_console
 from zk0cli.cli.options import (
     ClientsOpt,
     ConfigOpt,
@@ -28,15 +27,43 @@ if TYPE_CHECKING:
     from zk0cli.core.rundir import RunDir
     from zk0cli.engine.runs import ProgressFn, RunProgress
 
-console = Console(highlight=False)
+console = make_console()
 
 
-def _progress_table(p: RunProgress, clients: int) -> Table:
+class EtaClock:
+    """A steady ETA: the mean measured round time times the rounds left, counting down.
+
+    Rounds are timed from the moment the display first sees a round start training to the
+    moment it is recorded, so set-up (datasets, statistics, round-0 evaluation) is not
+    counted, and the estimate changes only when a round completes.
+    """
+
+    def __init__(self) -> None:
+        self._started: dict[int, float] = {}  # round -> when its training was first seen
+        self._durations: dict[int, float] = {}
+        self._last_done = -1
+        self._t_done = 0.0
+
+    def update(self, p: RunProgress, now: float) -> float | None:
+        """Seconds left (``None`` until a round has been timed)."""
+        training = p.rounds_done + 1
+        if "training" in p.phase or p.clients_reported:
+            self._started.setdefault(training, now)
+        if p.rounds_done != self._last_done:
+            for r in range(self._last_done + 1, p.rounds_done + 1):
+                if r in self._started:
+                    self._durations[r] = now - self._started[r]
+            self._last_done, self._t_done = p.rounds_done, now
+            self._started.setdefault(training, now)
+        if not self._durations or p.rounds_done >= p.rounds_total:
+            return None
+        per = sum(self._durations.values()) / len(self._durations)
+        return max(0.0, per * (p.rounds_total - p.rounds_done) - (now - self._t_done))
+
+
+def _progress_table(p: RunProgress, clients: int, eta_s: float | None = None) -> Table:
     t = Table.grid(padding=(0, 2))
-    eta = ""
-    if p.rounds_done > 0 and p.rounds_done < p.rounds_total:
-        per = p.elapsed_s / p.rounds_done
-        eta = f"  ETA {per * (p.rounds_total - p.rounds_done):.0f} s"
+    eta = f"  ETA {eta_s:.0f} s" if eta_s is not None else ""
     loss = f"{p.last_loss:.4f}" if p.last_loss is not None else "-"
     t.add_row("round", f"{min(p.rounds_done + 1, p.rounds_total)}/{p.rounds_total}"
               if p.rounds_done < p.rounds_total else f"{p.rounds_total}/{p.rounds_total}")
@@ -44,6 +71,7 @@ def _progress_table(p: RunProgress, clients: int) -> Table:
     t.add_row("server policy loss", loss)
     t.add_row("elapsed", f"{p.elapsed_s:.0f} s{eta}")
     t.add_row("status", p.status)
+    t.add_row("now", p.phase or "starting the SuperLink and the ServerApp")
     return t
 
 
@@ -110,8 +138,17 @@ def run_with_display(config: RunConfig, rundir: RunDir,
         typer.Exit: With 1 when the run did not complete.
     """
     t0 = time.monotonic()
-    with Live(console=console, refresh_per_second=2, transient=True) as live:
-        status = runner(lambda p: live.update(_progress_table(p, config.num_clients)))
+    clock = EtaClock()
+
+    def show(live: Live, p: RunProgress) -> None:
+        live.update(_progress_table(p, config.num_clients, clock.update(p, time.monotonic())))
+
+    try:
+        with Live(console=console, refresh_per_second=2, transient=True) as live:
+            status = runner(lambda p: show(live, p))
+    except KeyboardInterrupt:
+        print_interrupted(rundir)
+        raise
     console.print(summary_table(rundir))
     run = rundir.read_run()
     console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
@@ -123,15 +160,52 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     return rundir
 
 
+def print_interrupted(rundir: RunDir) -> None:
+    """After Ctrl-C: the rounds recorded, the checkpoint kept and the exact resume command."""
+    import shlex
+
+    console.print(summary_table(rundir))
+    run = _safe_read_run(rundir)
+    ckpt = rundir.latest_checkpoint()
+    done = run.get("rounds_completed", 0)
+    console.print(f"interrupted after {done} of {run.get('rounds_planned', '?')} round(s); "
+                  f"kept: {rundir.root} (round files, logs"
+                  + (f", checkpoint {ckpt.name})" if ckpt else "; no checkpoint yet)"))
+    command = "train" if run.get("engine") == "deployment" else "simulate"
+    if ckpt is not None:
+        console.print(f"continue with: zk0 {command} --resume {shlex.quote(str(rundir.root))}"
+                      + (" --superlink HOST:PORT" if command == "train" else ""))
+    else:
+        console.print("no checkpoint was written, so there is nothing to resume; start again.")
+
+
+def _safe_read_run(rundir: RunDir) -> dict[str, object]:
+    try:
+        return dict(rundir.read_run())
+    except Exception:  # a half-written run.json must not hide the interrupt message
+        return {}
+
+
 def load_run_config(config: Path | None, preset: str | None, sets: list[str] | None,
                     flags: Mapping[str, object]) -> RunConfig:
     """Build the run configuration from ``--config``/``--preset``, ``--set`` and flags.
 
+    ``--config`` and ``--preset`` exclude each other (a file is a whole configuration; start
+    it from ``zk0 config show --preset ...`` or ``examples/`` instead).
+
     Raises:
         ConfigError: Listing every invalid field.
+        UsageError: Both ``--config`` and ``--preset`` were given.
     """
     from zk0cli.core.config import load_config
 
+    if config is not None and preset is not None:
+        from zk0cli.errors import UsageError
+
+        raise UsageError(f"--preset {preset} and --config {config} were both given; a config "
+                         "file is a whole configuration, so give one of them. To start a file "
+                         f"from the preset: zk0 config show --preset {preset} > my.toml; to "
+                         "change single fields use --set section.key=value.")
     return load_config(preset=preset, config_file=config, overrides=sets or [], flags=flags)
 
 
@@ -206,10 +280,8 @@ def tiny_run(
     phase = "config"
     try:
         with handle_errors(phase):
-            if push and not repo_id:
-                from zk0cli.errors import UsageError
-
-                raise UsageError("--push needs --repo-id user/model; nothing was pushed.")
+            if push:
+                T.check_push_target(repo_id)  # before minutes of smoke run
             cfg = load_run_config(config, None if config else "tiny", set_,
                         {"federation.rounds": rounds, "federation.num_clients": clients})
         phase = "federation"

@@ -46,7 +46,9 @@ AuthOpt = Annotated[
 
 
 def _echo(line: str) -> None:
-    console.print(f"[dim]$ {line}[/dim]", soft_wrap=True, markup=True, highlight=False)
+    from rich.text import Text
+
+    console.print(Text(f"$ {line}", style="dim"))
 
 
 @app.callback()

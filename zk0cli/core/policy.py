@@ -34,7 +34,7 @@ from zk0cli.errors import (
     FeatureMismatchError,
     FieldProblem,
 )
-from zk0cli.log import logger
+from zk0cli.log import library_prints, logger
 
 if TYPE_CHECKING:
     import torch
@@ -446,7 +446,8 @@ def build_policy(
         _check_stats(stats, cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            policy = SmolVLAPolicy(cfg)
+            with library_prints("lerobot"):
+                policy = SmolVLAPolicy(cfg)
     else:
         assert model.path is not None  # enforced by ModelConfig
         cfg = _load_pretrained_config(model.path)
@@ -460,7 +461,8 @@ def build_policy(
         _check_stats(stats, cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            policy = SmolVLAPolicy.from_pretrained(model.path, config=cfg)
+            with library_prints("lerobot"):
+                policy = SmolVLAPolicy.from_pretrained(model.path, config=cfg)
     policy.to(device)
     policy.train()
     pre, post = make_processors(cfg, stats=stats, rename_map=rename_map)
@@ -593,7 +595,8 @@ def load_bundle(directory: Path, *, device: str = "cpu") -> PolicyBundle:
     dev = resolve_device(device)
     cfg = _load_pretrained_config(str(directory))
     cfg.device = dev.type
-    policy = SmolVLAPolicy.from_pretrained(str(directory), config=cfg)
+    with library_prints("lerobot"):
+        policy = SmolVLAPolicy.from_pretrained(str(directory), config=cfg)
     policy.to(dev)
     pre, post = make_pre_post_processors(
         cfg,

@@ -18,6 +18,7 @@ from zk0cli.core.config import RunConfig, config_to_json
 from zk0cli.core.rundir import RunDir, check_new_dir, read_json
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
 from zk0cli.errors import FederationError, RunDirError
+from zk0cli.flower.progress import live_progress
 from zk0cli.log import logger
 
 FINAL_STATUSES = ("completed", "failed", "interrupted")
@@ -34,6 +35,8 @@ class RunProgress:
         last_loss: Newest composite server policy loss (``None`` before the first).
         elapsed_s: Seconds since submission.
         status: ``run.json`` status.
+        phase: What the ServerApp is doing (``"round 0 evaluation"``); ``""`` before it
+            started.
     """
 
     rounds_done: int
@@ -42,6 +45,7 @@ class RunProgress:
     last_loss: float | None
     elapsed_s: float
     status: str
+    phase: str = ""
 
 
 ProgressFn = Callable[[RunProgress], None]
@@ -82,10 +86,9 @@ def progress_of(rundir: RunDir, total: int, t0: float) -> RunProgress:
         last = history[max(history, key=int)]
         last = float(last) if isinstance(last, int | float) else None
     nxt = done + 1
-    reported = sum(1 for d in rundir.clients_dir.glob(f"*/round_{nxt}.json")) \
-        if rundir.clients_dir.is_dir() else 0
+    reported, phase = live_progress(rundir.server_dir, rundir.clients_dir, nxt)
     return RunProgress(done, total, reported, last, time.monotonic() - t0,
-                       str(run.get("status", "running")))
+                       str(run.get("status", "running")), phase)
 
 
 def _safe_json(path: Path) -> Any:

@@ -9,6 +9,26 @@ from zk0cli.core.rundir import RunDir
 from zk0cli.errors import CheckpointError
 
 
+def check_push_target(repo_id: str | None) -> str:
+    """Check ``--push --repo-id`` before the smoke run starts.
+
+    Returns:
+        The repo id.
+
+    Raises:
+        UsageError: No repo id, or not a valid Hub ``namespace/name``.
+    """
+    from zk0cli.errors import UsageError
+    from zk0cli.hub.checkpoint import check_repo_id
+
+    if not repo_id:
+        raise UsageError("--push needs --repo-id namespace/name; nothing was run or pushed.")
+    problem = check_repo_id(repo_id)
+    if problem:
+        raise UsageError(f"--repo-id: {problem}; nothing was run or pushed.")
+    return repo_id
+
+
 def check_checkpoint(rundir: RunDir) -> Path:
     """Verify the newest checkpoint against its manifest and reload it offline.
 

@@ -57,6 +57,10 @@ class RoundHook:
         last = server_round == cfg.federation.rounds
         server_eval = None
         if server_round % cfg.eval.frequency == 0 or last:
+            from zk0cli.flower.progress import write_progress
+
+            write_progress(self.rundir.server_dir, phase=f"round {server_round} server "
+                           "evaluation", server_round=server_round)
             server_eval = self.evaluator.evaluate()
         now = time.monotonic()
         round_file = self.recorder.record_round(server_round, outcome=outcome,
@@ -69,14 +73,16 @@ class RoundHook:
             self._checkpoint(server_round, round_file)
         if self.failed_streak >= cfg.federation.max_failed_rounds:
             raise FederationError(
-                f"{self.failed_streak} consecutive rounds without a valid client reply "
-                f"(federation.max_failed_rounds = {cfg.federation.max_failed_rounds}); the "
-                "last global model is kept. See the failures in server/round_*_server_eval.json."
+                f"{self.failed_streak} consecutive rounds without an aggregated update "
+                f"(federation.max_failed_rounds = {cfg.federation.max_failed_rounds}): "
+                f"{no_aggregation_cause(outcome, cfg.federation.min_clients)}. The last global "
+                "model is kept. See server/round_*_server_eval.json."
             )
         if last and self.aggregated_rounds == 0:
             raise FederationError(
-                f"no round aggregated a client update in {cfg.federation.rounds} round(s); "
-                "every client failed. See the failures in server/round_*_server_eval.json."
+                f"no round aggregated a client update in {cfg.federation.rounds} round(s): "
+                f"{no_aggregation_cause(outcome, cfg.federation.min_clients)}. See "
+                "server/round_*_server_eval.json."
             )
         comp = server_eval["composite"] if server_eval else None
         return MetricRecord({"composite": comp}) if comp is not None else None
@@ -112,6 +118,32 @@ class RoundHook:
         self.changed_since_checkpoint = False
 
 
+def no_aggregation_cause(outcome: Any, min_clients: int) -> str:
+    """Why a round produced no new global model, in words, from its :class:`RoundOutcome`.
+
+    Distinguishes clients that failed (each one's reason) from ``federation.min_clients``
+    not being met (too few nodes connected, or too few valid replies).
+
+    Args:
+        outcome: The round's ``RoundOutcome``, or ``None`` when no message was sent.
+        min_clients: ``federation.min_clients``.
+    """
+    if outcome is None:
+        return (f"no client was asked to train (fewer than federation.min_clients = "
+                f"{min_clients} nodes connected)")
+    failures = list(outcome.failures)
+    ok = len(outcome.ok_reports)
+    if failures and ok == 0:
+        reasons = "; ".join(f"client {r.client_id}: {r.reason}" for r in failures[:3])
+        more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
+        return f"every client failed ({reasons}{more})"
+    if not outcome.reports:
+        note = outcome.note or "no replies"
+        return (f"federation.min_clients = {min_clients} was not met ({note}); no client "
+                "failed")
+    return outcome.note or f"only {ok} valid replies (federation.min_clients = {min_clients})"
+
+
 def recorded_client_losses(rundir: RunDir, *, up_to: int) -> dict[int, list[float]]:
     """Round -> aggregated clients' policy losses, from the round files 1..``up_to``."""
     from zk0cli import constants as K
@@ -139,7 +171,10 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     from zk0cli.core.schedules import lr_schedule, mu_schedule
     from zk0cli.core.strategy import Zk0FedProx
     from zk0cli.core.transport import from_array_record, specs_of, to_array_record
+    from zk0cli.flower.progress import ProgressGrid, write_progress
 
+    write_progress(rundir.server_dir, phase="building the model and evaluation datasets",
+                   server_round=0)
     evaluator = ServerEvaluator.from_config(cfg)
     initial = get_trainable_state(evaluator.bundle.policy)
     resume = rundir.read_run().get("resume") or {}
@@ -169,6 +204,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     strategy.round_offset = offset
     strategy.prior_losses = recorded_client_losses(rundir, up_to=offset)
     train_config = ConfigRecord()
+    grid = ProgressGrid(grid, rundir.server_dir, round_offset=offset)  # replies as they come
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 
@@ -177,6 +213,8 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
             evaluator.use_stats(merged)
             train_config[K.STATS_KEY] = merged
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
+    write_progress(rundir.server_dir, phase="round 0 evaluation" if not offset else
+                   f"resuming after round {offset}", server_round=offset)
     strategy.start(grid=grid, initial_arrays=initial_arrays,
                    num_rounds=fed.rounds - offset, timeout=fed.round_timeout_s,
                    train_config=train_config, evaluate_fn=hook)

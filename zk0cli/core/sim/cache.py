@@ -19,7 +19,7 @@ from zk0cli.core.sim.recorder import check_task, generate_dataset
 from zk0cli.core.sim.scene import cache_root
 from zk0cli.log import logger
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: robot_type "so_follower"
 """Version of what the generator writes; part of every cache key."""
 
 _COMPLETE = ".zk0_complete"
@@ -105,7 +105,8 @@ def ensure_sim_dataset(
         logger.info("generating simulator dataset %s into the cache %s", repo_id, base)
         try:
             generate_dataset(task, root=tmp, repo_id=repo_id, episodes=episodes, seed=seed,
-                             height=height, width=width, only_success=only_success)
+                             height=height, width=width, only_success=only_success,
+                             native_log=base / f"{root.name}.log")
             (tmp / _COMPLETE).write_text(json.dumps(settings) + "\n")
             if root.exists():  # an incomplete leftover
                 shutil.rmtree(root)

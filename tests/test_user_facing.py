@@ -1,0 +1,138 @@
+"""What a user sees: every check before anything starts, plain text, the live counter."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from zk0cli.cli.app import app
+
+
+@pytest.fixture(scope="module")
+def two_datasets(tmp_path_factory):
+    """A 12-episode and a 4-episode local LeRobotDataset."""
+    from zk0cli.testing import write_synthetic_dataset
+
+    base = tmp_path_factory.mktemp("ds")
+    big = write_synthetic_dataset(base / "big", repo_id="zk0test/big", episodes=12, frames=4,
+                                  size=16)
+    small = write_synthetic_dataset(base / "small", repo_id="zk0test/small", episodes=4,
+                                    frames=4, size=16)
+    return big, small
+
+
+def _config(tmp_path: Path, roots: list[Path], **data: object) -> Path:
+    clients = "\n".join(f'[[data.clients]]\nsource = "local"\nname = "{r.name}"\n'
+                        f'root = "{r}"\n' for r in roots)
+    extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in data.items())
+    text = (f'seed = 0\noutput_root = "{tmp_path / "outputs"}"\n[model]\nkind = "tiny"\n'
+            f'[data]\n{extra}\n{clients}\n[federation]\nrounds = 1\nmin_clients = 1\n')
+    path = tmp_path / "cfg.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _refused(args: list[str], tmp_path: Path, *needles: str) -> str:
+    t0 = time.monotonic()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert time.monotonic() - t0 < 30, "the check ran late"
+    assert "Traceback" not in res.output
+    for needle in needles:
+        assert needle in res.output, (needle, res.output)
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or not any(outputs.iterdir()), "a run directory was left"
+    return res.output
+
+
+def test_heldout_larger_than_a_dataset_names_that_dataset(tmp_path, two_datasets):
+    big, small = two_datasets
+    cfg = _config(tmp_path, [big, small])
+    out = _refused(["simulate", "--config", str(cfg), "--set", "data.heldout_episodes=10"],
+                   tmp_path, "'small'", "data.heldout_episodes")
+    assert "'big'" not in out  # the 12-episode dataset is fine
+
+
+def test_more_clients_than_episodes_and_all_held_out(tmp_path, two_datasets):
+    _, small = two_datasets
+    cfg = _config(tmp_path, [small], partition="episodes")
+    _refused(["simulate", "--config", str(cfg), "--clients", "5",
+              "--set", "data.heldout_episodes=0"], tmp_path, "5 clients", "'small'")
+    _refused(["simulate", "--config", str(cfg), "--clients", "1",
+              "--set", "data.heldout_episodes=4"], tmp_path, "leaves none", "'small'")
+
+
+def test_a_client_builds_only_its_own_partition(tmp_path, two_datasets):
+    from zk0cli.core import data as D
+    from zk0cli.core.config import load_config
+
+    big, small = two_datasets
+    cfg = load_config(config_file=_config(tmp_path, [big, small]),
+                      overrides=["data.heldout_episodes=10", "federation.num_clients=2"])
+    part = D.client_partition(cfg, 0)  # the small dataset's problem is not client 0's
+    assert part.name == "big" and part.train_episodes == [0, 1] and len(part.heldout_episodes) == 10
+    with pytest.raises(D.DatasetError, match="'small'"):
+        D.client_partition(cfg, 1)
+
+
+def test_push_with_a_bad_repo_id_is_refused_before_the_run(tmp_path):
+    _refused(["tiny-run", "--push", "--repo-id", "bad", "--out", str(tmp_path / "outputs" / "r")],
+             tmp_path, "--repo-id", "namespace/name")
+    _refused(["tiny-run", "--push", "--out", str(tmp_path / "outputs" / "r")], tmp_path,
+             "--repo-id")
+
+
+def test_preset_and_config_together_are_refused(tmp_path):
+    tiny = Path(__file__).parents[1] / "examples" / "tiny.toml"
+    _refused(["simulate", "--preset", "so100", "--config", str(tiny)], tmp_path,
+             "--preset so100", "--config", "zk0 config show --preset so100")
+
+
+def test_torchcodec_without_ffmpeg_is_refused_up_front(tmp_path, two_datasets):
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:
+        pass
+    else:
+        pytest.skip("torchcodec loads here (system FFmpeg present)")
+    big, _ = two_datasets
+    cfg = _config(tmp_path, [big], video_backend="torchcodec")
+    _refused(["simulate", "--config", str(cfg)], tmp_path, "torchcodec", "pyav", "FFmpeg")
+
+
+def test_user_text_with_brackets_is_printed_as_is(capsys):
+    import typer
+
+    from zk0cli.cli.errors import handle_errors, make_console
+    from zk0cli.errors import UsageError
+
+    make_console().print("add the cameras under [data.rename_map] in [bold]your file")
+    assert "under [data.rename_map] in [bold]your file" in capsys.readouterr().out
+    with pytest.raises(typer.Exit), handle_errors():
+        raise UsageError("set [data.rename_map] a = b")
+    assert "set [data.rename_map] a = b" in capsys.readouterr().err
+
+
+def _outcome(reports, note=None):
+    from zk0cli.core.strategy import RoundOutcome
+
+    return RoundOutcome(server_round=1, reports=reports, aggregated=False, note=note,
+                        proximal_mu=0.0, lr=1e-3)
+
+
+def test_no_aggregation_says_whether_clients_failed_or_min_clients_was_not_met():
+    from zk0cli.core.strategy import ClientReport
+    from zk0cli.flower.server_app import no_aggregation_cause
+
+    failed = _outcome([ClientReport("0", 1, False, reason="NaN loss")])
+    assert no_aggregation_cause(failed, 2).startswith("every client failed (client 0: NaN loss")
+    waited = _outcome([], note="waiting for 2 nodes, 1 connected after 5 s; round skipped")
+    text = no_aggregation_cause(waited, 2)
+    assert "federation.min_clients = 2 was not met" in text and "1 connected" in text
+    assert "every client failed" not in text
+    few = _outcome([ClientReport("0", 1, True)], note="only 1 valid reply, fewer than "
+                   "federation.min_clients = 2; previous global model kept")
+    assert "fewer than federation.min_clients = 2" in no_aggregation_cause(few, 2)
+    assert "min_clients = 3" in no_aggregation_cause(None, 3)
