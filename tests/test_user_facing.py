@@ -136,3 +136,85 @@ def test_no_aggregation_says_whether_clients_failed_or_min_clients_was_not_met()
                    "federation.min_clients = 2; previous global model kept")
     assert "fewer than federation.min_clients = 2" in no_aggregation_cause(few, 2)
     assert "min_clients = 3" in no_aggregation_cause(None, 3)
+
+
+class _Grid:
+    """Flower's Grid surface used by ProgressGrid: replies arrive one per pull."""
+
+    def __init__(self, n: int, seen: list) -> None:
+        self.n, self.seen, self.pending = n, seen, []
+
+    def push_messages(self, messages):
+        self.pending = [f"m{i}" for i in range(len(messages))]
+        return list(self.pending)
+
+    def pull_messages(self, ids):
+        from types import SimpleNamespace as NS
+
+        self.seen.append(self.progress())  # what the display reads before this reply
+        if not self.pending:
+            return []
+        mid = self.pending.pop(0)
+        return [NS(metadata=NS(reply_to_message_id=mid))]
+
+
+def test_live_counter_moves_as_each_reply_arrives(tmp_path, monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from zk0cli import constants as K
+    from zk0cli.core.rundir import RunDir
+    from zk0cli.engine.runs import progress_of
+    from zk0cli.flower import progress as P
+
+    monkeypatch.setattr(P, "PULL_INTERVAL_S", 0.0)
+    rd = RunDir.create(tmp_path, name="run")
+    rd.update_run(status="running", rounds_completed=1)
+    seen: list = []
+    grid = _Grid(3, seen)
+    grid.progress = lambda: progress_of(rd, 3, time.monotonic()).clients_reported
+    msgs = [NS(content=NS(config_records={K.CONFIG_KEY: {K.ROUND_KEY: 2}}),
+               metadata=NS(message_type="train"))] * 3
+    replies = P.ProgressGrid(grid, rd.server_dir).send_and_receive(msgs, timeout=10)
+    assert len(list(replies)) == 3
+    assert seen[:3] == [0, 1, 2]  # no client file of round 2 exists: the replies count
+    prog = progress_of(rd, 3, time.monotonic())
+    assert prog.clients_reported == 3 and prog.phase == "round 2 training"
+    rd.update_run(rounds_completed=2)  # round 2 recorded: round 3 starts from zero
+    assert progress_of(rd, 3, time.monotonic()).clients_reported == 0
+
+
+def test_eta_is_steady_between_rounds():
+    from zk0cli.cli.run import EtaClock
+    from zk0cli.engine.runs import RunProgress
+
+    clock = EtaClock()
+
+    def at(done, phase, now):
+        return clock.update(RunProgress(done, 4, 0, None, now, "running", phase), now)
+
+    assert at(0, "round 0 evaluation", 0.0) is None  # set-up is not a round
+    assert at(0, "round 1 training", 50.0) is None
+    assert at(1, "round 2 training", 60.0) == pytest.approx(30.0)  # 10 s a round, 3 left
+    assert at(1, "round 2 training", 65.0) == pytest.approx(25.0)  # counts down, no climb
+    assert at(2, "round 3 training", 72.0) == pytest.approx(22.0)  # mean 11 s, 2 left
+
+
+def test_release_help_lists_the_parts():
+    res = CliRunner().invoke(app, ["release", "--help"])
+    assert res.exit_code == 0
+    for part in ("patch", "minor", "major"):
+        assert part in res.output
+
+
+def test_readme_says_how_to_get_zk0_on_the_path_and_docs_use_real_configs():
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "source .venv/bin/activate" in readme and ".venv/bin/zk0" in readme
+    import re
+
+    deployment = (root / "docs" / "deployment.md").read_text(encoding="utf-8")
+    trial = re.findall(r"zk0 train --local-nodes .*--config (\S+)", deployment)
+    lifecycle = re.findall(r"^zk0 .*--config (\S+)", readme, flags=re.M)
+    assert trial and lifecycle
+    for cfg in trial + lifecycle:
+        assert (root / cfg).is_file(), cfg

@@ -47,13 +47,14 @@ class EtaClock:
     def update(self, p: RunProgress, now: float) -> float | None:
         """Seconds left (``None`` until a round has been timed)."""
         training = p.rounds_done + 1
-        if "training" in p.phase or p.clients_reported:
-            self._started.setdefault(training, now)
         if p.rounds_done != self._last_done:
             for r in range(self._last_done + 1, p.rounds_done + 1):
                 if r in self._started:
                     self._durations[r] = now - self._started[r]
+            if self._last_done >= 0:  # a round was just recorded: the next one starts now
+                self._started.setdefault(training, now)
             self._last_done, self._t_done = p.rounds_done, now
+        if "training" in p.phase or p.clients_reported:
             self._started.setdefault(training, now)
         if not self._durations or p.rounds_done >= p.rounds_total:
             return None
