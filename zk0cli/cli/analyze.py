@@ -80,16 +80,21 @@ def render_analysis(analysis: RunAnalysis, console: Console, *, max_rounds: int 
 
     rows = s.rounds[-max_rounds:]
     shown = f" (last {max_rounds})" if len(s.rounds) > max_rounds else ""
-    rt = Table(title=f"Rounds{shown}", title_justify="left")
-    for col in ("round", "agg", "clients", "fail", "part %", "composite", "client loss",
-                "update norm", "mu", "lr", "s"):
-        rt.add_column(col, justify="right")
+    # Fits an 80-column terminal: no vertical rules, one space of padding, short headers.
+    from rich import box
+
+    rt = Table(title=f"Rounds{shown}", title_justify="left", box=box.SIMPLE_HEAD,
+               padding=(0, 1), caption="clients: aggregated/failed; s: seconds",
+               caption_justify="left")
+    for col in ("round", "agg", "clients", "composite", "client loss", "update", "mu", "lr",
+                "s"):
+        rt.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         rt.add_row(str(r.round), {True: Text("yes"), False: Text("no", style="red"),
                                     None: Text("-")}[r.aggregated],
-                   str(r.clients), str(r.failures), _fmt(r.participation_pct, 3),
-                   _fmt(r.composite), _fmt(r.client_loss_avg), _fmt(r.param_update_norm_avg),
-                   _fmt(r.proximal_mu), _fmt(r.lr), _fmt(r.seconds, 3))
+                   f"{r.clients}/{r.failures}", _fmt(r.composite), _fmt(r.client_loss_avg),
+                   _fmt(r.param_update_norm_avg, 3), _fmt(r.proximal_mu, 3), _fmt(r.lr, 3),
+                   _fmt(r.seconds, 3))
     console.print(rt)
 
     if not s.findings:
@@ -118,6 +123,8 @@ def render_analysis(analysis: RunAnalysis, console: Console, *, max_rounds: int 
         console.print(ct)
         for key, (a, b) in c.config_differences.items():
             console.print(f"  config {key}: {a!r} vs {b!r}")
+        for line in c.not_compared:
+            console.print(f"  not compared: {line}")
     if analysis.report_dir is not None:
         console.print(f"Report written to {analysis.report_dir}")
 
