@@ -555,12 +555,18 @@ def set_trainable_state(
 def save_bundle(bundle: PolicyBundle, directory: Path) -> None:
     """Write the policy (``config.json``, ``model.safetensors``) and both processors.
 
+    The saved ``config.json`` has ``push_to_hub = false``: ``lerobot-train
+    --policy.path=<checkpoint>`` otherwise stops with "'repo_id' argument missing".
+
     Args:
         bundle: What to save.
         directory: Target directory (created if needed).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    cfg = bundle.policy.config
+    if hasattr(cfg, "push_to_hub"):
+        cfg.push_to_hub = False  # zk0 pushes with `zk0 push`; LeRobot must not try on its own
     bundle.policy.save_pretrained(directory)
     bundle.preprocessor.save_pretrained(directory)
     bundle.postprocessor.save_pretrained(directory)

@@ -96,8 +96,8 @@ class RoundHook:
                                               "client_aggregated_training_metrics")}
 
         def card(directory: Any) -> None:
-            build_model_card(self.rundir.root, checkpoint_round=server_round).save(
-                directory / MODEL_CARD)
+            build_model_card(self.rundir.root, checkpoint_round=server_round,
+                             checkpoint_dir=directory).save(directory / MODEL_CARD)
 
         previous = self.rundir.latest_checkpoint()
         need = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) \

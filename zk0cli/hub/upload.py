@@ -190,7 +190,7 @@ def prepare_push(options: PushOptions) -> PushPlan:
         raise CheckpointError(str(resolved.path), early)
     if options.regenerate_card and resolved.run_dir is not None:
         card = str(build_model_card(resolved.run_dir, checkpoint_round=resolved.round,
-                                    repo_id=options.repo_id))
+                                    repo_id=options.repo_id, checkpoint_dir=resolved.path))
         card_size = len(card.encode("utf-8"))
     else:
         card = (resolved.path / CARD_FILE).read_text(encoding="utf-8")
