@@ -288,6 +288,24 @@ def _versions(run: dict[str, Any]) -> list[tuple[str, str]]:
     return ordered + sorted(versions.items())
 
 
+_PLACEHOLDER_NOTE = ("\n\nReplace `{placeholder}` with the repository this checkpoint was "
+                     "pushed to (or a local\nfolder holding it).")
+
+
+def with_repo_id(card_text: str, repo_id: str) -> str:
+    """A card written at checkpoint time, with the ``<user>/<model>`` placeholder filled in.
+
+    Args:
+        card_text: ``README.md`` text from :func:`build_model_card` without a repo id.
+        repo_id: The Hub repository the card is pushed to.
+
+    Returns:
+        The text with every placeholder replaced and the "Replace ..." note removed.
+    """
+    note = _PLACEHOLDER_NOTE.format(placeholder=REPO_PLACEHOLDER)
+    return card_text.replace(note, "").replace(REPO_PLACEHOLDER, repo_id)
+
+
 def build_model_card(
     run_dir: Path, *, checkpoint_round: int, repo_id: str | None = None,
     checkpoint_dir: Path | None = None,
