@@ -218,3 +218,43 @@ def test_readme_says_how_to_get_zk0_on_the_path_and_docs_use_real_configs():
     assert trial and lifecycle
     for cfg in trial + lifecycle:
         assert (root / cfg).is_file(), cfg
+
+
+def test_sim_data_merges_with_real_so101_data_in_lerobot(tmp_path):
+    """LeRobot's own merge accepts zk0 simulator data next to data lerobot-record wrote."""
+    from lerobot.datasets.aggregate import aggregate_datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from zk0cli.core.sim import generate_dataset
+    from zk0cli.testing import write_synthetic_dataset
+
+    sim = generate_dataset("lift", root=tmp_path / "sim", repo_id="zk0/sim_lift", episodes=1,
+                           seed=0, height=64, width=64, native_log=tmp_path / "enc.log")
+    real = write_synthetic_dataset(tmp_path / "real", repo_id="alice/so101", episodes=1,
+                                   frames=5, size=64, use_videos=True, fps=30,
+                                   robot_type="so_follower")  # as lerobot-record 0.6.1 writes
+    aggregate_datasets(["zk0/sim_lift", "alice/so101"], "alice/merged", roots=[sim, real],
+                       aggr_root=tmp_path / "merged")
+    merged = LeRobotDatasetMetadata("alice/merged", root=tmp_path / "merged")
+    assert merged.robot_type == "so_follower" and merged.total_episodes == 2
+
+
+def test_ctrl_c_prints_the_summary_what_was_kept_and_the_resume_command(tmp_path, capsys):
+    from analysis_fixtures import write_run
+
+    from zk0cli.cli.run import run_with_display
+    from zk0cli.core.config import load_config
+
+    rd = write_run(tmp_path / "outputs", rounds=2, checkpoints=(2,),
+                   latest="checkpoint_round_2")
+    rd.update_run(status="interrupted", rounds_planned=5)
+
+    def runner(on_progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_with_display(load_config(preset="tiny"), rd, runner)
+    out = capsys.readouterr().out
+    assert "zk0 run summary" in out
+    assert "interrupted after 2 of 5 round(s)" in out and "checkpoint_round_2" in out
+    assert f"continue with: zk0 simulate --resume {rd.root}" in out
