@@ -193,7 +193,7 @@ def _history_by_round(history: dict[int, float | None], rounds: dict[int, RoundR
 
 def _unreadable_client_files(rd: RunDir) -> list[str]:
     """A note for every ``clients/<id>/round_<N>.json`` that is not a readable JSON object."""
-    notes = []
+    notes: list[str] = []
     if not rd.clients_dir.is_dir():
         return notes
     for path in sorted(rd.clients_dir.glob("*/round_*.json")):

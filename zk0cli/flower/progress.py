@@ -67,8 +67,9 @@ def _round_of(messages: list[Message], default: int) -> int:
     """The run's round a train message is for (``zk0-round`` in its config record)."""
     for msg in messages[:1]:
         conf = msg.content.config_records.get(K.CONFIG_KEY)
-        if conf is not None and isinstance(conf.get(K.ROUND_KEY), int | float):
-            return int(conf[K.ROUND_KEY])
+        value = conf.get(K.ROUND_KEY) if conf is not None else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return int(value)
     return default
 
 

@@ -10,7 +10,7 @@ the round's files (:class:`~zk0cli.core.recorder.RunRecorder`) and a checkpoint 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -204,7 +204,8 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     strategy.round_offset = offset
     strategy.prior_losses = recorded_client_losses(rundir, up_to=offset)
     train_config = ConfigRecord()
-    grid = ProgressGrid(grid, rundir.server_dir, round_offset=offset)  # replies as they come
+    # Flower's Grid, reporting each reply as it arrives (server/progress.json)
+    grid = cast(Grid, ProgressGrid(grid, rundir.server_dir, round_offset=offset))
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 
