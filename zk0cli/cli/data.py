@@ -153,5 +153,5 @@ def _run(req: SimRequest) -> None:
                 frame_progress=on_frames, native_log=log)
     for task, root in roots.items():
         console.print(f"{task}: LeRobotDataset('zk0/sim_{task}', root='{root}')")
-    if log.is_file():
+    if log.is_file() and log.stat().st_size:
         console.print(f"video encoder output: {log} (zk0 -v data sim shows it)")
