@@ -258,3 +258,29 @@ def test_ctrl_c_prints_the_summary_what_was_kept_and_the_resume_command(tmp_path
     assert "zk0 run summary" in out
     assert "interrupted after 2 of 5 round(s)" in out and "checkpoint_round_2" in out
     assert f"continue with: zk0 simulate --resume {rd.root}" in out
+
+
+def test_library_prints_go_to_the_run_log_not_the_console(tmp_path, capsys):
+    import logging
+
+    from analysis_fixtures import write_run
+
+    from zk0cli.cli.run import run_with_display
+    from zk0cli.core.config import load_config
+    from zk0cli.log import library_prints, logger
+
+    rd = write_run(tmp_path / "outputs", rounds=1)
+    logging.getLogger("zk0").setLevel(logging.INFO)
+
+    def runner(on_progress):
+        with library_prints("lerobot"):
+            print("Reducing the number of VLM layers to 4 ...")
+        logger.info("starting: flower-superlink --simulation")
+        return "completed"
+
+    run_with_display(load_config(preset="tiny"), rd, runner)
+    out = capsys.readouterr()
+    assert "Reducing the number" not in out.out + out.err
+    log = (rd.root / "logs" / "zk0.log").read_text(encoding="utf-8")
+    assert "lerobot: Reducing the number of VLM layers to 4 ..." in log
+    assert "starting: flower-superlink --simulation" in log

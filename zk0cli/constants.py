@@ -65,4 +65,6 @@ PROGRESS_PHASE: Final = "phase"  # e.g. "statistics", "round 0 evaluation", "rou
 PROGRESS_ROUND: Final = "round"  # the run's round being trained (0 before round 1)
 PROGRESS_SENT: Final = "sent"  # messages sent in the current exchange
 PROGRESS_REPLIES: Final = "replies"  # replies received so far in the current exchange
+LOGS_DIR: Final = "logs"  # <run>/logs/: SuperLink, SuperNode and zk0 process logs
+CLI_LOG: Final = "zk0.log"  # <run>/logs/zk0.log: what the zk0 command itself logged
 SIM_LOG: Final = "zk0-data-sim.log"  # `zk0 data sim`: the video encoders' own output

@@ -64,7 +64,10 @@ def native_stderr_to(path: Path | None) -> Iterator[None]:
 
 
 class _LogWriter:
-    """A text stream whose complete lines become DEBUG records of the zk0 logger."""
+    """A text stream whose complete lines become INFO records of the zk0 logger.
+
+    INFO reaches the log files; the console shows it only with ``zk0 -v``.
+    """
 
     def __init__(self, source: str) -> None:
         self.source, self._buf = source, ""
@@ -74,18 +77,18 @@ class _LogWriter:
         *lines, self._buf = self._buf.split("\n")
         for line in lines:
             if line.strip():
-                logger.debug("%s: %s", self.source, line)
+                logger.info("%s: %s", self.source, line)
         return len(text)
 
     def flush(self) -> None:
         if self._buf.strip():
-            logger.debug("%s: %s", self.source, self._buf)
+            logger.info("%s: %s", self.source, self._buf)
         self._buf = ""
 
 
 @contextmanager
 def library_prints(source: str) -> Iterator[None]:
-    """Turn a library's ``print()`` output into DEBUG log lines (shown with ``zk0 -v``).
+    """Turn a library's ``print()`` output into log lines (log files; the console with ``-v``).
 
     LeRobot prints "Reducing the number of VLM layers ..." and "Loading weights from
     local directory" on every policy build; they belong in the log, not on the console.

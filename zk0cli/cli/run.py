@@ -138,8 +138,19 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     Raises:
         typer.Exit: With 1 when the run did not complete.
     """
+    import logging
+
     t0 = time.monotonic()
     clock = EtaClock()
+    # What this process logs (commands started, datasets, library output) goes to the run's
+    # logs/zk0.log; the console shows warnings only (all of it with -v).
+    from zk0cli import constants as K
+
+    (rundir.root / K.LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    log_file = logging.FileHandler(rundir.root / K.LOGS_DIR / K.CLI_LOG, encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    zk0_logger = logging.getLogger(K.LOGGER_NAME)
+    zk0_logger.addHandler(log_file)
 
     def show(live: Live, p: RunProgress) -> None:
         live.update(_progress_table(p, config.num_clients, clock.update(p, time.monotonic())))
@@ -150,6 +161,9 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     except KeyboardInterrupt:
         print_interrupted(rundir)
         raise
+    finally:
+        zk0_logger.removeHandler(log_file)
+        log_file.close()
     console.print(summary_table(rundir))
     run = rundir.read_run()
     console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
