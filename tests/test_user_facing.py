@@ -284,3 +284,19 @@ def test_library_prints_go_to_the_run_log_not_the_console(tmp_path, capsys):
     log = (rd.root / "logs" / "zk0.log").read_text(encoding="utf-8")
     assert "lerobot: Reducing the number of VLM layers to 4 ..." in log
     assert "starting: flower-superlink --simulation" in log
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_console_shows_info_lines_only_with_verbose(verbose):
+    import os
+    import subprocess
+    import sys
+
+    code = ("from zk0cli.cli.app import _root; from zk0cli.log import logger; "
+            f"_root(version=False, verbose={verbose}); "
+            "logger.info('starting: flower-superlink --insecure'); logger.warning('careful')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"}, check=True, timeout=60)
+    shown = res.stdout + res.stderr
+    assert "careful" in shown
+    assert ("starting: flower-superlink" in shown) is verbose
