@@ -179,6 +179,9 @@ def test_live_counter_moves_as_each_reply_arrives(tmp_path, monkeypatch):
     assert seen[:3] == [0, 1, 2]  # no client file of round 2 exists: the replies count
     prog = progress_of(rd, 3, time.monotonic())
     assert prog.clients_reported == 3 and prog.phase == "round 2 training"
+    P.write_phase(rd.server_dir, phase="round 2 server evaluation", server_round=2)
+    prog = progress_of(rd, 3, time.monotonic())  # evaluating: still 3 of 3 finished
+    assert prog.clients_reported == 3 and prog.phase == "round 2 server evaluation"
     rd.update_run(rounds_completed=2)  # round 2 recorded: round 3 starts from zero
     assert progress_of(rd, 3, time.monotonic()).clients_reported == 0
 

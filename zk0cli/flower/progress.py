@@ -54,6 +54,19 @@ def write_progress(server_dir: Path, *, phase: str, server_round: int, sent: int
         logger.debug("could not write %s: %s", path, err)
 
 
+def write_phase(server_dir: Path, *, phase: str, server_round: int) -> None:
+    """Like :func:`write_progress`, keeping the counts already recorded for ``server_round``.
+
+    Used for the server evaluation after a round trained: the display keeps showing how
+    many clients replied until the round's files are written.
+    """
+    prev = read_progress(server_dir)
+    same = prev.get(K.PROGRESS_ROUND) == server_round
+    write_progress(server_dir, phase=phase, server_round=server_round,
+                   sent=int(prev.get(K.PROGRESS_SENT) or 0) if same else 0,
+                   replies=int(prev.get(K.PROGRESS_REPLIES) or 0) if same else 0)
+
+
 def read_progress(server_dir: Path) -> dict[str, Any]:
     """The current ``server/progress.json`` (``{}`` when absent or being replaced)."""
     try:
@@ -89,7 +102,7 @@ def live_progress(server_dir: Path, clients_dir: Path, next_round: int) -> tuple
     """
     prog = read_progress(server_dir)
     replies = 0
-    if prog.get(K.PROGRESS_ROUND) == next_round and "training" in str(prog.get(K.PROGRESS_PHASE)):
+    if prog.get(K.PROGRESS_ROUND) == next_round:  # training, or evaluating after it
         replies = int(prog.get(K.PROGRESS_REPLIES) or 0)
     files = sum(1 for _ in clients_dir.glob(f"*/round_{next_round}.json")) \
         if clients_dir.is_dir() else 0

@@ -57,10 +57,10 @@ class RoundHook:
         last = server_round == cfg.federation.rounds
         server_eval = None
         if server_round % cfg.eval.frequency == 0 or last:
-            from zk0cli.flower.progress import write_progress
+            from zk0cli.flower.progress import write_phase
 
-            write_progress(self.rundir.server_dir, phase=f"round {server_round} server "
-                           "evaluation", server_round=server_round)
+            write_phase(self.rundir.server_dir, phase=f"round {server_round} server evaluation",
+                        server_round=server_round)
             server_eval = self.evaluator.evaluate()
         now = time.monotonic()
         round_file = self.recorder.record_round(server_round, outcome=outcome,
