@@ -189,3 +189,41 @@ def write_upstream_run(outputs: Path, *, name: str = "2025-10-17_09-00-00") -> P
     write_json(server / "federated_metrics.json", rows)
     write_json(server / "policy_loss_history.json", history)
     return root
+
+
+def write_upstream_sparse_run(outputs: Path, *, name: str = "2025-11-02_10-00-00") -> Path:
+    """An upstream run of 6 rounds evaluated every other round (0, 2, 4, 6).
+
+    Like the upstream project writes it: ``round_N_server_eval.json`` only for evaluated
+    rounds, ``federated_metrics.json`` rows for rounds 1-6, ``policy_loss_history.json``
+    keyed by position (0..3) with the round only implied, checkpoints of rounds 4 and 6
+    without ``models/latest``, a ``config.json`` with ``num-server-rounds``.
+    """
+    root = outputs / name
+    server = root / "server"
+    server.mkdir(parents=True)
+    history, rows = {}, []
+    for pos, n in enumerate((0, 2, 4, 6)):
+        loss = 0.9 - 0.1 * n / 2
+        indiv = [{"client_id": c, "loss": loss + 0.1, "policy_loss": loss + 0.1}
+                 for c in (0, 1)] if n else []
+        write_json(server / f"round_{n}_server_eval.json", {
+            "server_composite_eval_loss": loss,
+            "client_aggregated_training_metrics": {"avg_client_loss": loss + 0.1,
+                                                   "num_clients": len(indiv)},
+            "individual_client_training_metrics": indiv,
+            "server_per_dataset_eval_results": [
+                {"dataset_name": "lerobot/svla_so100_stacking", "loss": loss}],
+        })
+        history[str(pos)] = {"server_policy_loss": loss, "action_dim": 7}
+    for n in range(1, 7):
+        rows.append({"round": n, "num_clients": 2, "avg_client_loss": 1.0 - 0.05 * n})
+    write_json(server / "federated_metrics.json", rows)
+    write_json(server / "policy_loss_history.json", history)
+    write_json(root / "config.json", {"num-server-rounds": 6, "proximal-mu": 0.01,
+                                      "eval-frequency": 2})
+    for n in (4, 6):
+        ckpt = root / "models" / f"checkpoint_round_{n}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(bytes(64))
+    return root

@@ -106,9 +106,26 @@ def test_tiny_run_writes_the_whole_run_directory(tmp_path):
     assert flower_processes() == []
 
 
-def test_simulate_three_clients_three_rounds(tmp_path):
+def test_simulate_three_clients_three_rounds(tmp_path, monkeypatch):
+    from zk0cli.cli import run as cli_run
+
+    samples = []  # (clients shown, client files of that round on disk, phase)
+    table = cli_run._progress_table
+
+    def spy(p, clients, eta_s=None):
+        nxt = p.rounds_done + 1
+        on_disk = len(list((tmp_path / "run" / "clients").glob(f"*/round_{nxt}.json")))
+        samples.append((p.clients_reported, on_disk, p.phase))
+        return table(p, clients, eta_s)
+
+    monkeypatch.setattr(cli_run, "_progress_table", spy)
     res, rd = simulate(tmp_path, "--rounds", "3", "--clients", "3")
     assert res.exit_code == 0, res.output
+    # The live counter moved while rounds trained, before the round's client files existed,
+    # and the phases before round 1 were named.
+    assert any(shown > 0 and on_disk == 0 for shown, on_disk, _ in samples), samples
+    assert any(phase == "round 0 evaluation" or "model" in phase for *_, phase in samples)
+    assert any(phase.endswith("training") for *_, phase in samples)
     assert rd.server_eval_rounds() == [0, 1, 2, 3]
     assert set(read_json(rd.policy_loss_history)) == {"0", "1", "2", "3"}
     for rnd in (1, 2, 3):

@@ -29,8 +29,9 @@ def test_card_metadata(tmp_path: Path) -> None:
     assert meta["license"] == "apache-2.0"
     assert meta["base_model"] == "lerobot/smolvla_base"
     assert meta["datasets"] == list(CLIENT_DATASETS)
-    assert meta["tags"] == ["lerobot", "smolvla", "federated-learning", "flower", "fedprox",
-                            "so100", "so101"]
+    assert meta["model_name"] == "smolvla"
+    assert meta["tags"] == ["robotics", "lerobot", "smolvla", "federated-learning", "flower",
+                            "fedprox", "so100", "so101"]
 
 
 def test_card_body_has_the_run_numbers(tmp_path: Path) -> None:
@@ -57,7 +58,7 @@ def test_card_body_has_the_run_numbers(tmp_path: Path) -> None:
         "| torch | 2.11.0 |",
     ]:
         assert line in text, line
-    assert "evaluated on Hupy440/Two_Cubes_and_Two_Buckets_v2" in text
+    assert "unweighted mean of the losses on\nHupy440/Two_Cubes_and_Two_Buckets_v2." in text
     assert text.startswith("---\n") and "# zk0-smolvla-so100" in text
 
 

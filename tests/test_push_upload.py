@@ -77,10 +77,21 @@ def assert_no_token_anywhere(result: Result, logs: _Capture, root: Path) -> None
             assert TOKEN.encode() not in path.read_bytes(), path
 
 
-def manifest_files(checkpoint: Path) -> dict[str, bytes]:
+def manifest_files(checkpoint: Path, repo_id: str | None = None) -> dict[str, bytes]:
+    """The checkpoint's files; with ``repo_id`` as pushed: the card's placeholder filled in
+    (and the manifest listing that card), every other file byte-identical."""
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     names = [*manifest["files"], "manifest.json"]
-    return {name: (checkpoint / name).read_bytes() for name in names}
+    files = {name: (checkpoint / name).read_bytes() for name in names}
+    if repo_id is not None:
+        from zk0cli.core.card import with_repo_id
+        from zk0cli.hub.upload import _manifest_with_card
+
+        card = with_repo_id(files["README.md"].decode("utf-8"), repo_id)
+        assert "<user>/<model>" not in card and f"--policy.path={repo_id}" in card
+        files["README.md"] = card.encode("utf-8")
+        files["manifest.json"] = _manifest_with_card(checkpoint, card).encode("utf-8")
+    return files
 
 
 @pytest.mark.parametrize("lfs", [False, True], ids=["inline", "lfs"])
@@ -94,8 +105,8 @@ def test_push_uploads_identical_files_with_the_token_in_the_header(
         result = push(str(run.root), "--repo-id", REPO, "--endpoint", hub.url, "--private")
     assert result.exit_code == 0, result.output
     repo = hub.state.repos[REPO]
-    expected = manifest_files(run.checkpoint(3))
-    assert repo.files == expected  # byte-identical, nothing more, nothing less
+    expected = manifest_files(run.checkpoint(3), REPO)
+    assert repo.files == expected  # byte-identical (the card names the repo), nothing more
     if lfs:
         assert hashlib.sha256(expected["model.safetensors"]).hexdigest() in hub.state.lfs_objects
     (commit,) = repo.commits
@@ -205,7 +216,7 @@ def test_tiny_run_push_phase_uploads_through_the_same_path(
     ckpt = run.checkpoint(3)
     with LocalHub() as hub:
         tiny_run.push(ckpt, repo_id=REPO, say=Console().print, endpoint=hub.url)
-        assert hub.state.repos[REPO].files == manifest_files(ckpt)
+        assert hub.state.repos[REPO].files == manifest_files(ckpt, REPO)
     monkeypatch.delenv("HF_TOKEN")
     with LocalHub() as hub:
         with pytest.raises(HubAuthError):

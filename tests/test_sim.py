@@ -136,7 +136,7 @@ def test_cli_writes_datasets_lerobot_loads_with_action_chunks(tmp_path):
     for task in ("pick_place", "push"):
         ds = LeRobotDataset(f"zk0/sim_{task}", root=out / task, video_backend="pyav",
                             delta_timestamps={"action": [i / 30 for i in range(10)]})
-        assert ds.meta.robot_type == "so101" and ds.fps == 30
+        assert ds.meta.robot_type == "so_follower" and ds.fps == 30
         assert ds.num_episodes == 3 and ds.meta.total_frames > 150
         assert ds.meta.features["action"]["names"][0] == "shoulder_pan.pos"
         batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)))
@@ -175,8 +175,19 @@ def test_cli_preview_contact_sheet(tmp_path):
     result = runner.invoke(app, ["data", "sim", "--tasks", "lift,push", "--preview", str(sheet),
                                  "--height", "48", "--width", "64"])
     assert result.exit_code == 0, _output(result)
+    import numpy as np
+
+    from zk0cli.core.sim.preview import LABEL_MARGIN_LEFT, LABEL_MARGIN_TOP
+
     image = Image.open(sheet)
-    assert image.size == (4 * 2 * 64 + 3 * 4, 2 * 48 + 4)  # 4 frames x 2 cameras, 2 tasks
+    # 4 frames x 2 cameras, 2 tasks, plus the label margins
+    assert image.size == (4 * 2 * 64 + 3 * 4 + LABEL_MARGIN_LEFT, 2 * 48 + 4 + LABEL_MARGIN_TOP)
+    pixels = np.asarray(image.convert("L"))
+    for row in range(2):  # each task's name is written left of its row
+        band = pixels[LABEL_MARGIN_TOP + row * 52: LABEL_MARGIN_TOP + row * 52 + 48,
+                      :LABEL_MARGIN_LEFT]
+        assert (band < 128).any(), row
+    assert (pixels[:LABEL_MARGIN_TOP, LABEL_MARGIN_LEFT:] < 128).any()  # camera names on top
     assert not (tmp_path / "lift").exists()
 
 

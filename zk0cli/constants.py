@@ -74,3 +74,12 @@ WANDB_ID: Final = "id"  # run.json tracking.wandb: the W&B run id (kept for --re
 WANDB_MODE: Final = "mode"  # the mode the run actually used (online|offline)
 WANDB_URL: Final = "url"  # the run's page (online runs only)
 WANDB_SYNC_COMMAND: Final = "sync_command"  # `wandb sync <dir>` for offline runs
+# --- what a user sees (issue 23) -----------------------------------------------------------
+PROGRESS_FILE: Final = "progress.json"  # server/progress.json: phase and replies of the round
+PROGRESS_PHASE: Final = "phase"  # e.g. "statistics", "round 0 evaluation", "round 3 training"
+PROGRESS_ROUND: Final = "round"  # the run's round being trained (0 before round 1)
+PROGRESS_SENT: Final = "sent"  # messages sent in the current exchange
+PROGRESS_REPLIES: Final = "replies"  # replies received so far in the current exchange
+LOGS_DIR: Final = "logs"  # <run>/logs/: SuperLink, SuperNode and zk0 process logs
+CLI_LOG: Final = "zk0.log"  # <run>/logs/zk0.log: what the zk0 command itself logged
+SIM_LOG: Final = "zk0-data-sim.log"  # `zk0 data sim`: the video encoders' own output

@@ -26,6 +26,7 @@ def write_synthetic_dataset(
     use_videos: bool = False,
     fps: int = 10,
     seed: int = 0,
+    robot_type: str = "so101_follower",
 ) -> Path:
     """Write a LeRobotDataset at ``root`` (which must not exist) and return ``root``.
 
@@ -39,6 +40,8 @@ def write_synthetic_dataset(
         use_videos: Encode cameras as videos (PyAV) instead of images.
         fps: Frames per second.
         seed: Seed of the trajectories' phases.
+        robot_type: ``robot_type`` recorded in ``meta/info.json`` (LeRobot 0.6.1's
+            ``lerobot-record`` writes ``so_follower`` for SO-100/SO-101 followers).
     """
     import numpy as np
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -52,7 +55,7 @@ def write_synthetic_dataset(
         features[f"observation.images.{cam}"] = {
             "dtype": kind, "shape": (size, size, 3), "names": ["height", "width", "channels"]}
     ds = LeRobotDataset.create(repo_id, fps=fps, features=features, root=root,
-                               robot_type="so101_follower", use_videos=use_videos)
+                               robot_type=robot_type, use_videos=use_videos)
     rng = np.random.default_rng(seed)
     for _ in range(episodes):
         phase = rng.uniform(0, 2 * np.pi, size=6)

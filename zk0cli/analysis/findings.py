@@ -259,21 +259,45 @@ def detect_outlier_clients(run: RunData, th: AnalysisThresholds) -> list[Finding
             for cid, obs in sorted(per_client.items(), key=lambda kv: _client_sort_key(kv[0]))]
 
 
+def unevaluated_rounds(run: RunData) -> set[int]:
+    """Rounds an upstream run never evaluated by design (it evaluates every k-th round).
+
+    Upstream zk0 writes ``round_<N>_server_eval.json`` only for evaluated rounds; when the
+    evaluated rounds are evenly spaced (step k = their greatest common difference > 1),
+    the rounds in between are not gaps. zk0's own runs write every round.
+    """
+    import math as _math
+
+    if run.format == "zk0":
+        return set()
+    evald = sorted(r.round for r in run.rounds if r.source == "server_eval")
+    if len(evald) < 2:
+        return set()
+    step = 0
+    for a, b in zip(evald, evald[1:], strict=False):
+        step = _math.gcd(step, b - a)
+    if step <= 1:
+        return set()
+    last = max(r.round for r in run.rounds)
+    return {n for n in range(evald[0], last + 1) if (n - evald[0]) % step and n not in evald}
+
+
 def detect_history_gaps(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     """Missing rounds and rounds missing from the history files."""
     rounds, evidence = set(), []
     from_eval = [r.round for r in run.rounds if r.source == "server_eval"]
     present = {r.round for r in run.rounds}
+    not_evaluated = unevaluated_rounds(run)
     if present:
         first = 0 if run.format == "zk0" else min(present)
         last = max(max(present), int(run.run_info.get(RUN.rounds_completed) or 0))
         for n in range(first, last + 1):
-            if n not in present:
+            if n not in present and n not in not_evaluated:
                 rounds.add(n)
                 evidence.append(f"round {n}: no {rel_server_eval(n)} and no "
                                 f"{FEDERATED_METRICS_JSON} row")
     for rec in run.rounds:
-        if rec.source == "federated_metrics":
+        if rec.source == "federated_metrics" and rec.round not in not_evaluated:
             rounds.add(rec.round)
             evidence.append(f"round {rec.round}: {rel_server_eval(rec.round)} "
                             f"missing (row in {FEDERATED_METRICS_JSON})")
@@ -281,8 +305,8 @@ def detect_history_gaps(run: RunData, th: AnalysisThresholds) -> list[Finding]:
     if settled and run.federated_rounds is None and run.format == "zk0":
         evidence.append(f"{REL_FEDERATED_METRICS} is missing")
     elif run.federated_rounds is not None:
-        for n in settled:
-            if n not in run.federated_rounds:
+        for n in settled:  # upstream rows are training rounds: round 0 has none
+            if n not in run.federated_rounds and (n > 0 or run.format == "zk0"):
                 rounds.add(n)
                 evidence.append(f"round {n}: no row in {REL_FEDERATED_METRICS}")
     evaluated = [r.round for r in run.rounds if r.source == "server_eval"

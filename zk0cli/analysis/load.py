@@ -185,6 +185,45 @@ def _history(rd: RunDir, rdr: _Reader, notes: list[str]) -> dict[int, float | No
     return dict(sorted(out.items()))
 
 
+def _history_by_round(history: dict[int, float | None], rounds: dict[int, RoundRecord],
+                      notes: list[str]) -> dict[int, float | None]:
+    """Upstream ``policy_loss_history.json``: keys are positions in a list, not rounds.
+
+    When the keys are exactly ``0..k-1`` and do not all name rounds with a server
+    evaluation, key ``i`` is the ``i``-th evaluated round (in round order).
+    """
+    keys = sorted(history)
+    evaluated = sorted(n for n, r in rounds.items() if r.source == "server_eval"
+                       and (r.composite is not None or r.eval_datasets))
+    if keys != list(range(len(keys))) or set(keys) <= set(evaluated) or not evaluated:
+        return history
+    if len(keys) > len(evaluated):
+        notes.append(f"server/policy_loss_history.json has {len(keys)} entries but only "
+                     f"{len(evaluated)} evaluated rounds; its keys were read as round numbers.")
+        return history
+    notes.append("server/policy_loss_history.json (upstream) is keyed by position: entry i "
+                 f"was matched to the i-th evaluated round ({evaluated[0]}..."
+                 f"{evaluated[len(keys) - 1]}).")
+    return {evaluated[i]: history[i] for i in keys}
+
+
+def _unreadable_client_files(rd: RunDir) -> list[str]:
+    """A note for every ``clients/<id>/round_<N>.json`` that is not a readable JSON object."""
+    notes: list[str] = []
+    if not rd.clients_dir.is_dir():
+        return notes
+    for path in sorted(rd.clients_dir.glob("*/round_*.json")):
+        try:
+            ok = isinstance(read_json(path), dict)
+        except RunDirError as err:
+            notes.append(f"{_rel(rd, path)} could not be read ({err}); that client's round "
+                         "report was skipped.")
+            continue
+        if not ok:
+            notes.append(f"{_rel(rd, path)} is not a JSON object; skipped.")
+    return notes
+
+
 def check_checkpoint(path: Path, n: int, *, verify_checksums: bool = True) -> CheckpointRecord:
     """Compare a checkpoint directory with its ``manifest.json``.
 
@@ -222,6 +261,11 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
         RunDirError: ``run_dir`` is not a run directory (no ``run.json`` and no ``server/``).
     """
     rd = RunDir.open(Path(run_dir))
+    if not rd.server_dir.is_dir():
+        raise RunDirError(
+            f"{rd.root} has no server/ folder: it is not a complete run directory (a zk0 run "
+            "creates server/ before round 0; an upstream zk0 run writes its round files "
+            "there). Nothing to analyse; pass the run's own folder, e.g. outputs/<run>.")
     rdr, notes = _Reader(), []
     fmt = "zk0" if rd.run_json.is_file() else "upstream"
     run_info: dict[str, Any] = {}
@@ -265,6 +309,9 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
             if row[ROW.round] not in rounds:
                 rounds[row[ROW.round]] = _round_from_row(row, rdr, where)
     history = _history(rd, rdr, notes)
+    if fmt == "upstream" and history:
+        history = _history_by_round(history, rounds, notes)
+    notes += _unreadable_client_files(rd)
     seconds = run_info.get(RUN.round_seconds) or {}
     for n, rec in rounds.items():
         if rec.composite is None and history and history.get(n) is not None:
@@ -283,6 +330,13 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
         latest = rd.latest.read_text(encoding="utf-8").strip()
         if rd.latest_checkpoint() is None:
             latest_problem = f"{MODELS_DIR}/{LATEST} names {latest!r}, which is not a directory"
+    elif checkpoints:  # upstream runs (and interrupted ones) may have no models/latest
+        newest = max((c for c in checkpoints if not c.problems), key=lambda c: c.round,
+                     default=None)
+        if newest is not None:
+            latest = newest.path.name
+            notes.append(f"No {MODELS_DIR}/{LATEST}: the newest complete checkpoint, {latest}, "
+                         "is shown as the latest.")
     logger.debug("loaded %s: %s rounds, %s checkpoints", rd.root, len(rounds), len(checkpoints))
     return RunData(
         root=rd.root, format=fmt, status=status, run_info=run_info, config=config,

@@ -255,6 +255,7 @@ class Comparison(_Model):
     findings_count: tuple[int, int]
     config_differences: dict[str, tuple[Any, Any]]
     other_rounds: list[RoundRow]
+    not_compared: list[str] = Field(default_factory=list)  # what only one run has, once
 
 
 Summary.model_rebuild()

@@ -51,7 +51,7 @@ def _line(ax: Any, rows: Sequence[RoundRow], get: Callable[[RoundRow], float | N
           label: str, **style: Any) -> None:
     xs, ys = _points(rows, get)
     if xs:
-        ax.plot(xs, ys, marker="o", markersize=3, label=label, **style)
+        ax.plot(xs, ys, label=label, **{"marker": "o", "markersize": 3, **style})
 
 
 def _drawn(*axes: Any) -> Series:
@@ -63,13 +63,18 @@ def _drawn(*axes: Any) -> Series:
     return out
 
 
-def _finish(fig: Any, axes: Sequence[Any], path: Path, title: str, ylabel: str) -> None:
+def _finish(fig: Any, axes: Sequence[Any], path: Path, title: str, ylabel: str,
+            *, twins: Sequence[Any] = ()) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+        lines = [*ax.get_lines(), *(line for t in twins for line in t.get_lines())]
+        if lines:  # one legend for the axis and its twins (lr and mu together)
+            ax.legend(lines, [str(line.get_label()) for line in lines], fontsize="small")
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
@@ -87,9 +92,12 @@ def _client_loss(cid: str) -> Callable[[RoundRow], float | None]:
 def plot_server_eval_loss(rows: Sequence[RoundRow], path: Path) -> Series:
     """Server eval loss per round: composite and one line per eval dataset."""
     fig, (ax,) = _figure()
-    _line(ax, rows, lambda r: r.composite, "composite", linewidth=2.5, color="black")
+    # The composite is a wide line below thin dashed dataset lines, so that it stays visible
+    # when it equals the only eval dataset.
+    _line(ax, rows, lambda r: r.composite, "composite", linewidth=4, color="black",
+          alpha=0.45, zorder=2)
     for name in sorted({k for r in rows for k in r.eval_datasets}):
-        _line(ax, rows, _eval_loss(name), name)
+        _line(ax, rows, _eval_loss(name), name, linewidth=1.3, linestyle="--", zorder=3)
     _finish(fig, [ax], path, "Server eval loss (held-out)", "flow-matching loss")
     return _drawn(ax)
 
@@ -128,12 +136,11 @@ def plot_schedule(rows: Sequence[RoundRow], path: Path) -> Series:
     """Learning rate (left axis) and FedProx mu (right axis) per round."""
     fig, (ax,) = _figure()
     _line(ax, rows, lambda r: r.lr, "lr", color="tab:blue")
-    ax2 = ax.twinx()
-    _line(ax2, rows, lambda r: r.proximal_mu, "proximal_mu", color="tab:orange")
+    ax2 = ax.twinx()  # mu on its own scale (often 1e-2 against an lr of 1e-4)
+    _line(ax2, rows, lambda r: r.proximal_mu, "proximal_mu", color="tab:orange",
+          linestyle="--", marker="s")
     ax2.set_ylabel("proximal mu")
-    if ax2.get_lines():
-        ax2.legend(fontsize="small", loc="upper right")
-    _finish(fig, [ax], path, "LR and FedProx mu schedule", "learning rate")
+    _finish(fig, [ax], path, "LR and FedProx mu schedule", "learning rate", twins=[ax2])
     return _drawn(ax, ax2)
 
 

@@ -96,6 +96,9 @@ def render_markdown(summary: Summary, plots: Mapping[str, Path] | None = None) -
             lines += ["", "Configuration differences:", ""]
             lines += _table(["key", "this run", "other run"],
                             [[k, str(a), str(b)] for k, (a, b) in c.config_differences.items()])
+        if c.not_compared:
+            lines += ["", "Not compared (only one run has them):", ""]
+            lines += [f"- {line}" for line in c.not_compared]
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({path.name})" for name, path in plots.items()]

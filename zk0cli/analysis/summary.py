@@ -109,6 +109,28 @@ def round_rows(run: RunData) -> list[RoundRow]:
     return rows
 
 
+_ROUNDS_KEYS = ("federation.rounds", "num-server-rounds", "num_server_rounds", "num_rounds",
+                "rounds")  # zk0's key, then the upstream project's (Flower run config)
+
+
+def planned_rounds(config: Any) -> int | None:
+    """``federation.rounds`` of a run's configuration, or the upstream ``num-server-rounds``.
+
+    Args:
+        config: The run's ``config.json`` contents (any nesting), or ``None``.
+
+    Returns:
+        The number of rounds planned, or ``None`` when the configuration does not say.
+    """
+    flat = flatten(config or {})
+    for key in _ROUNDS_KEYS:
+        for name, value in flat.items():
+            if (name == key or name.endswith("." + key)) and isinstance(value, int) \
+                    and not isinstance(value, bool):
+                return value
+    return None
+
+
 def summarize(run: RunData, findings: list[Finding]) -> Summary:
     """Build the summary of a loaded run.
 
@@ -125,13 +147,14 @@ def summarize(run: RunData, findings: list[Finding]) -> Summary:
     completed = int(info.get(RUN.rounds_completed) or found)
     planned = info.get(RUN.rounds_planned)
     if planned is None:
-        planned = flatten(run.config or {}).get("federation.rounds")
+        planned = planned_rounds(run.config)
     datasets = sorted({k for r in rows for k in r.eval_datasets})
     server_eval = {COMPOSITE: loss_stats([(r.round, r.composite) for r in rows])}
     server_eval.update({d: loss_stats([(r.round, r.eval_datasets.get(d)) for r in rows])
                         for d in datasets})
     part = [r.participation_pct for r in rows if r.participation_pct is not None]
-    secs = [r.seconds for r in rows if r.seconds is not None and math.isfinite(r.seconds)]
+    secs = [r.seconds for r in rows  # round 0 only evaluates the initial model: not a round
+            if r.round >= 1 and r.seconds is not None and math.isfinite(r.seconds)]
     run_keys = (RUN.status, RUN.engine, RUN.command, RUN.seed, RUN.versions, RUN.started_at,
                 RUN.ended_at, RUN.updated_at, RUN.error)
     return Summary(
@@ -156,12 +179,16 @@ def summarize(run: RunData, findings: list[Finding]) -> Summary:
 def compare(this: Summary, other: Summary, this_run: RunData, other_run: RunData) -> Comparison:
     """Differences between two summarised runs (this minus other).
 
+    Only what both runs have is compared (an upstream run has no config.json and other
+    eval dataset names); what only one run has is listed once in ``not_compared``.
+
     Returns:
-        Per eval series: best and last of both runs and their differences; the
-        configuration keys whose values differ (``output_root`` excluded).
+        Per eval series both runs have: best and last of both runs and their differences;
+        the configuration keys both runs set whose values differ (``output_root``
+        excluded).
     """
     server_eval: dict[str, dict[str, float | None]] = {}
-    for name in sorted(set(this.server_eval) | set(other.server_eval)):
+    for name in sorted(set(this.server_eval) & set(other.server_eval)):
         a, b = this.server_eval.get(name, LossStats()), other.server_eval.get(name, LossStats())
         row: dict[str, float | None] = {}
         for which in ("best", "last"):
@@ -171,8 +198,10 @@ def compare(this: Summary, other: Summary, this_run: RunData, other_run: RunData
             row[f"{which}_diff"] = pa.value - pb.value if pa and pb else None
         server_eval[name] = row
     fa, fb = flatten(this_run.config or {}), flatten(other_run.config or {})
-    diffs = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
-             if fa.get(k) != fb.get(k) and k != "output_root"}
+    diffs = {k: (fa[k], fb[k]) for k in sorted(set(fa) & set(fb))
+             if fa[k] != fb[k] and k != "output_root"}
+    not_compared = _one_sided("eval series", set(this.server_eval), set(other.server_eval))
+    not_compared += _one_sided("config keys", set(fa), set(fb))
     last = this.client_loss.last, other.client_loss.last
     return Comparison(
         other_run_dir=other.run_dir, other_run_name=other.run_name, other_status=other.status,
@@ -180,5 +209,15 @@ def compare(this: Summary, other: Summary, this_run: RunData, other_run: RunData
         server_eval=server_eval,
         client_loss_last=(last[0].value if last[0] else None, last[1].value if last[1] else None),
         findings_count=(len(this.findings), len(other.findings)),
-        config_differences=diffs, other_rounds=other.rounds,
+        config_differences=diffs, other_rounds=other.rounds, not_compared=not_compared,
     )
+
+
+def _one_sided(what: str, mine: set[str], theirs: set[str]) -> list[str]:
+    """``["config keys only in this run (3): a, b, c", ...]`` for the keys not shared."""
+    out = []
+    for side, keys in (("this run", mine - theirs), ("the other run", theirs - mine)):
+        if keys:
+            shown = ", ".join(sorted(keys)[:12]) + (" ..." if len(keys) > 12 else "")
+            out.append(f"{what} only in {side} ({len(keys)}): {shown}")
+    return out

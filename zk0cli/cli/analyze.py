@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from zk0cli.cli.errors import err_console, handle_errors
+from zk0cli.cli.errors import err_console, handle_errors, make_console
 from zk0cli.errors import ConfigError, field_problems
 
 if TYPE_CHECKING:  # pydantic models; imported when the command runs, so --help stays fast
@@ -54,7 +55,7 @@ def render_analysis(analysis: RunAnalysis, console: Console, *, max_rounds: int 
     over = Table(title=f"Run {s.run_name}", show_header=False, title_justify="left")
     over.add_column(style="bold")
     over.add_column()
-    over.add_row("status", f"[{status_style}]{s.status}[/] — {s.status_note}")
+    over.add_row("status", Text.assemble((s.status, status_style), f" — {s.status_note}"))
     over.add_row("format", s.format)
     over.add_row("rounds", f"{s.rounds_completed}"
                  + (f" of {s.rounds_planned}" if s.rounds_planned else ""))
@@ -79,26 +80,32 @@ def render_analysis(analysis: RunAnalysis, console: Console, *, max_rounds: int 
 
     rows = s.rounds[-max_rounds:]
     shown = f" (last {max_rounds})" if len(s.rounds) > max_rounds else ""
-    rt = Table(title=f"Rounds{shown}", title_justify="left")
-    for col in ("round", "agg", "clients", "fail", "part %", "composite", "client loss",
-                "update norm", "mu", "lr", "s"):
-        rt.add_column(col, justify="right")
+    # Fits an 80-column terminal: no vertical rules, one space of padding, short headers.
+    from rich import box
+
+    rt = Table(title=f"Rounds{shown}", title_justify="left", box=box.SIMPLE_HEAD,
+               padding=(0, 1), caption="clients: aggregated/failed; s: seconds",
+               caption_justify="left")
+    for col in ("round", "agg", "clients", "composite", "client loss", "update", "mu", "lr",
+                "s"):
+        rt.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        rt.add_row(str(r.round), {True: "yes", False: "[red]no[/]", None: "-"}[r.aggregated],
-                   str(r.clients), str(r.failures), _fmt(r.participation_pct, 3),
-                   _fmt(r.composite), _fmt(r.client_loss_avg), _fmt(r.param_update_norm_avg),
-                   _fmt(r.proximal_mu), _fmt(r.lr), _fmt(r.seconds, 3))
+        rt.add_row(str(r.round), {True: Text("yes"), False: Text("no", style="red"),
+                                    None: Text("-")}[r.aggregated],
+                   f"{r.clients}/{r.failures}", _fmt(r.composite), _fmt(r.client_loss_avg),
+                   _fmt(r.param_update_norm_avg, 3), _fmt(r.proximal_mu, 3), _fmt(r.lr, 3),
+                   _fmt(r.seconds, 3))
     console.print(rt)
 
     if not s.findings:
-        console.print("[green]No anomalies found.[/]")
+        console.print(Text("No anomalies found.", style="green"))
     else:
         ft = Table(title=f"Findings ({len(s.findings)})", title_justify="left")
         for col in ("severity", "kind", "rounds", "finding", "evidence"):
             ft.add_column(col)
         for f in s.findings:
             more = f" (+{len(f.evidence) - 3} more)" if len(f.evidence) > 3 else ""
-            ft.add_row(f"[{_SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.kind,
+            ft.add_row(Text(f.severity, style=_SEVERITY_STYLE[f.severity]), f.kind,
                        _rounds_text(f.rounds), f.message, "\n".join(f.evidence[:3]) + more)
         console.print(ft)
 
@@ -116,6 +123,8 @@ def render_analysis(analysis: RunAnalysis, console: Console, *, max_rounds: int 
         console.print(ct)
         for key, (a, b) in c.config_differences.items():
             console.print(f"  config {key}: {a!r} vs {b!r}")
+        for line in c.not_compared:
+            console.print(f"  not compared: {line}")
     if analysis.report_dir is not None:
         console.print(f"Report written to {analysis.report_dir}")
 
@@ -177,4 +186,4 @@ def analyze_run(
         elif opts.format == "md":
             typer.echo(analysis.markdown, nl=False)
         else:
-            render_analysis(analysis, Console(highlight=False))
+            render_analysis(analysis, make_console())

@@ -46,10 +46,14 @@ def _root(
     from zk0cli.log import quiet_libraries
 
     quiet_libraries()
+    # The console shows warnings and errors; zk0's INFO lines (each command started, each
+    # dataset ready) and library output are for the log files, and for -v.
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        handlers=[handler],
     )
     logging.getLogger("zk0").setLevel(logging.DEBUG if verbose else logging.INFO)
 

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zk0cli.cli.errors import handle_errors
+from zk0cli import constants as K
+from zk0cli.cli.errors import handle_errors, make_console
 from zk0cli.core.config import SIM_TASKS
 from zk0cli.errors import UsageError, field_problems, problem_lines
 
@@ -98,7 +99,6 @@ def _quiet_encoders() -> None:
 
 
 def _run(req: SimRequest) -> None:
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -111,7 +111,7 @@ def _run(req: SimRequest) -> None:
     from zk0cli.core.sim import contact_sheet, generate_dataset
 
     _quiet_encoders()
-    console = Console()
+    console = make_console()
     if req.preview is not None:
         path = contact_sheet(req.preview, tasks=req.tasks, seed=req.seed, height=req.height,
                              width=req.width)
@@ -127,6 +127,7 @@ def _run(req: SimRequest) -> None:
             "Pass --overwrite to replace them, or choose another --out.")
     import time
 
+    log = out / K.SIM_LOG
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("episodes  {task.fields[fps]:.0f} frames/s"), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -145,6 +146,8 @@ def _run(req: SimRequest) -> None:
                 seed=req.seed, height=req.height, width=req.width,
                 only_success=req.only_success, overwrite=req.overwrite,
                 progress=on_episodes,
-                frame_progress=on_frames)
+                frame_progress=on_frames, native_log=log)
     for task, root in roots.items():
         console.print(f"{task}: LeRobotDataset('zk0/sim_{task}', root='{root}')")
+    if log.is_file() and log.stat().st_size:
+        console.print(f"video encoder output: {log} (zk0 -v data sim shows it)")

@@ -22,7 +22,19 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console for user-facing text: no rich markup, no highlighting, no wrapping.
+
+    User text (paths, dataset names, config keys such as ``[data.rename_map]``) is printed
+    as given: markup is off (style with :class:`rich.text.Text`), and long lines are not
+    broken into blocks (paths stay copyable).
+    """
+    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=True)
+
+
+err_console = make_console(stderr=True)
 
 
 def exit_code_for(exc: BaseException) -> int:

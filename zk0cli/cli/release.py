@@ -16,7 +16,8 @@ from zk0cli.cli.errors import handle_errors
 
 def release(
     part: Annotated[
-        str, typer.Argument(help="Which part to bump: patch, minor or major.", show_default=False)
+        str, typer.Argument(help="Which part to bump: patch, minor or major.",
+                            metavar="PART:{patch|minor|major}", show_default=False)
     ],
     pre: Annotated[
         str | None,
@@ -47,7 +48,10 @@ def release(
         Path, typer.Option("--repo", help="The git repository to release.")
     ] = Path("."),
 ) -> None:
-    """Bump the version in pyproject.toml, prepend CHANGELOG.md, commit and tag vX.Y.Z."""
+    """Bump the version in pyproject.toml, prepend CHANGELOG.md, commit and tag vX.Y.Z.
+
+    PART is patch (0.1.2 -> 0.1.3), minor (0.1.2 -> 0.2.0) or major (0.1.2 -> 1.0.0).
+    """
     from zk0cli.release import release as do_release
     from zk0cli.release import validate_request
 

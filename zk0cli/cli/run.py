@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors
+from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors, make_console
 from zk0cli.cli.options import (
     ClientsOpt,
     ConfigOpt,
@@ -30,15 +29,44 @@ if TYPE_CHECKING:
     from zk0cli.engine.lifecycle import Runner, RunOutcome, RunRequest
     from zk0cli.engine.runs import RunProgress
 
-console = Console(highlight=False)
+console = make_console()
 
 
-def _progress_table(p: RunProgress, clients: int) -> Table:
+class EtaClock:
+    """A steady ETA: the mean measured round time times the rounds left, counting down.
+
+    Rounds are timed from the moment the display first sees a round start training to the
+    moment it is recorded, so set-up (datasets, statistics, round-0 evaluation) is not
+    counted, and the estimate changes only when a round completes.
+    """
+
+    def __init__(self) -> None:
+        self._started: dict[int, float] = {}  # round -> when its training was first seen
+        self._durations: dict[int, float] = {}
+        self._last_done = -1
+        self._t_done = 0.0
+
+    def update(self, p: RunProgress, now: float) -> float | None:
+        """Seconds left (``None`` until a round has been timed)."""
+        training = p.rounds_done + 1
+        if p.rounds_done != self._last_done:
+            for r in range(self._last_done + 1, p.rounds_done + 1):
+                if r in self._started:
+                    self._durations[r] = now - self._started[r]
+            if self._last_done >= 0:  # a round was just recorded: the next one starts now
+                self._started.setdefault(training, now)
+            self._last_done, self._t_done = p.rounds_done, now
+        if "training" in p.phase or p.clients_reported:
+            self._started.setdefault(training, now)
+        if not self._durations or p.rounds_done >= p.rounds_total:
+            return None
+        per = sum(self._durations.values()) / len(self._durations)
+        return max(0.0, per * (p.rounds_total - p.rounds_done) - (now - self._t_done))
+
+
+def _progress_table(p: RunProgress, clients: int, eta_s: float | None = None) -> Table:
     t = Table.grid(padding=(0, 2))
-    eta = ""
-    if p.rounds_done > 0 and p.rounds_done < p.rounds_total:
-        per = p.elapsed_s / p.rounds_done
-        eta = f"  ETA {per * (p.rounds_total - p.rounds_done):.0f} s"
+    eta = f"  ETA {eta_s:.0f} s" if eta_s is not None else ""
     loss = f"{p.last_loss:.4f}" if p.last_loss is not None else "-"
     t.add_row("round", f"{min(p.rounds_done + 1, p.rounds_total)}/{p.rounds_total}"
               if p.rounds_done < p.rounds_total else f"{p.rounds_total}/{p.rounds_total}")
@@ -46,6 +74,7 @@ def _progress_table(p: RunProgress, clients: int) -> Table:
     t.add_row("server policy loss", loss)
     t.add_row("elapsed", f"{p.elapsed_s:.0f} s{eta}")
     t.add_row("status", p.status)
+    t.add_row("now", p.phase or "starting the SuperLink and the ServerApp")
     return t
 
 
@@ -81,9 +110,35 @@ class RichDisplay:
         console.print(text)
 
     def follow(self, config: RunConfig, rundir: RunDir, runner: Runner) -> str:
-        """Run ``runner(on_progress)`` under the live progress table."""
-        with Live(console=console, refresh_per_second=2, transient=True) as live:
-            return runner(lambda p: live.update(_progress_table(p, config.num_clients)))
+        """Run ``runner(on_progress)`` under the live progress table.
+
+        What this process logs (commands started, datasets, library output) goes to the
+        run's ``logs/zk0.log``; the console shows warnings only (all of it with ``-v``).
+        After Ctrl-C it prints what was kept and the exact ``--resume`` command.
+        """
+        import logging
+
+        from zk0cli import constants as K
+
+        clock = EtaClock()
+        rundir.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_file = logging.FileHandler(rundir.logs_dir / K.CLI_LOG, encoding="utf-8")
+        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        zk0_logger = logging.getLogger(K.LOGGER_NAME)
+        zk0_logger.addHandler(log_file)
+
+        def show(live: Live, p: RunProgress) -> None:
+            live.update(_progress_table(p, config.num_clients, clock.update(p, time.monotonic())))
+
+        try:
+            with Live(console=console, refresh_per_second=2, transient=True) as live:
+                return runner(lambda p: show(live, p))
+        except KeyboardInterrupt:
+            print_interrupted(rundir)
+            raise
+        finally:
+            zk0_logger.removeHandler(log_file)
+            log_file.close()
 
 
 def show_outcome(outcome: RunOutcome, *, t0: float) -> RunDir:
@@ -112,6 +167,29 @@ def run_request(command: str, *, config: Path | None, preset: str | None,
 
     return RunRequest(command=command, config=config, preset=preset, sets=list(sets or []),
                       flags=dict(flags), out=out, resume=resume)
+
+
+def print_interrupted(rundir: RunDir) -> None:
+    """After Ctrl-C: the rounds recorded, the checkpoint kept and the exact resume command."""
+    import shlex
+
+    from zk0cli.core.contract import RunRecord
+
+    console.print(summary_table(rundir))
+    try:
+        run = rundir.run_record()
+    except Exception:  # a half-written run.json must not hide the interrupt message
+        run = RunRecord()
+    ckpt = rundir.latest_checkpoint()
+    console.print(f"interrupted after {run.rounds_completed} of {run.rounds_planned or '?'} "
+                  f"round(s); kept: {rundir.root} (round files, logs"
+                  + (f", checkpoint {ckpt.name})" if ckpt else "; no checkpoint yet)"))
+    command = "train" if run.engine == "deployment" else "simulate"
+    if ckpt is not None:
+        console.print(f"continue with: zk0 {command} --resume {shlex.quote(str(rundir.root))}"
+                      + (" --superlink HOST:PORT" if command == "train" else ""))
+    else:
+        console.print("no checkpoint was written, so there is nothing to resume; start again.")
 
 
 def _print_tracking(run: Mapping[str, object]) -> None:

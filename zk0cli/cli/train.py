@@ -49,7 +49,9 @@ AuthOpt = Annotated[
 
 
 def _echo(line: str) -> None:
-    console.print(f"[dim]$ {line}[/dim]", soft_wrap=True, markup=True, highlight=False)
+    from rich.text import Text
+
+    console.print(Text(f"$ {line}", style="dim"))
 
 
 def train_target(*, superlink: str | None, root_certificates: Path | None, insecure: bool,

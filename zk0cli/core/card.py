@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zk0cli.core.contract import MetricsRow, RunRecord
+from zk0cli.core.contract import POLICY_CONFIG_FILE, MetricsRow, RunRecord
 from zk0cli.core.rundir import RunDir, read_json
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 CARD_TAGS: tuple[str, ...] = (
+    "robotics",
     "lerobot",
     "smolvla",
     "federated-learning",
@@ -36,6 +37,8 @@ CARD_TAGS: tuple[str, ...] = (
 LICENSE = "apache-2.0"
 LIBRARY_NAME = "lerobot"
 PIPELINE_TAG = "robotics"
+MODEL_NAME = "smolvla"  # LeRobot's policy type, as LeRobot's own cards name it
+HELDOUT_PREFIX = "heldout/"  # = zk0cli.core.evaluation.HELDOUT_PREFIX (not imported: torch)
 REPO_PLACEHOLDER = "<user>/<model>"
 MAX_EVAL_ROWS = 50  # longer histories are thinned to every k-th round (+ first, best, last)
 _VERSION_ORDER = ("zk0", "flwr", "lerobot", "torch", "python")
@@ -175,6 +178,111 @@ def _hub_datasets(config: dict[str, Any]) -> list[str]:
     return names
 
 
+def _composite(config: dict[str, Any], datasets: list[str]) -> tuple[list[str], list[str]]:
+    """Which evaluated datasets make up the composite loss, and which do not.
+
+    As :class:`zk0cli.core.evaluation.ServerEvaluator` computes it: the unweighted mean over
+    the ``data.eval`` datasets, or over the clients' held-out episodes
+    (``heldout/<dataset>``) when there are no eval datasets.
+    """
+    has_eval = bool((config.get("data") or {}).get("eval"))
+    inside = [d for d in datasets if d.startswith(HELDOUT_PREFIX) != has_eval]
+    return inside, [d for d in datasets if d not in inside]
+
+
+def _features(checkpoint_dir: Path | None) -> dict[str, list[dict[str, str]]]:
+    """Input and output features (key, type, shape) from the checkpoint's ``config.json``."""
+    cfg = _safe_json(checkpoint_dir / POLICY_CONFIG_FILE) if checkpoint_dir else None
+    out: dict[str, list[dict[str, str]]] = {"inputs": [], "outputs": []}
+    if not isinstance(cfg, dict):
+        return out
+    for side, key in (("inputs", "input_features"), ("outputs", "output_features")):
+        for name, feat in sorted((cfg.get(key) or {}).items()):
+            if isinstance(feat, dict):
+                shape = "×".join(str(int(d)) for d in feat.get("shape") or [])
+                out[side].append({"key": str(name), "type": str(feat.get("type", _MISSING)),
+                                  "shape": shape or _MISSING})
+    return out
+
+
+def _safe_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _dataset_facts(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Robot types and task instructions of the client datasets (what can be read locally).
+
+    Simulator datasets are zk0's SO-101 follower with the task's instruction; local and
+    cached Hub datasets are read from their ``meta/info.json`` and ``meta/tasks.parquet``.
+    Nothing of the dataset's location is returned.
+    """
+    import os
+
+    robots: list[str] = []
+    tasks: list[str] = []
+
+    def add(items: list[str], value: Any) -> None:
+        if isinstance(value, str) and value and value not in items:
+            items.append(value)
+
+    home = Path(os.environ.get("HF_LEROBOT_HOME", Path.home() / ".cache/huggingface/lerobot"))
+    for spec in (config.get("data") or {}).get("clients") or []:
+        if not isinstance(spec, dict):
+            continue
+        if spec.get("source") == "sim":
+            from zk0cli.core.sim.recorder import ROBOT_TYPE
+            from zk0cli.core.sim.tasks import TASK_INSTRUCTIONS
+
+            add(robots, ROBOT_TYPE)
+            for text in _as_list(TASK_INSTRUCTIONS.get(str(spec.get("name")))):
+                add(tasks, text)
+            continue
+        root = Path(spec["root"]) if spec.get("root") else home / str(spec.get("name", ""))
+        info = _safe_json(root / "meta" / "info.json")
+        if isinstance(info, dict):
+            add(robots, info.get("robot_type"))
+        for text in _parquet_tasks(root / "meta" / "tasks.parquet"):
+            add(tasks, text)
+    return robots, tasks
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list | tuple) else []
+
+
+def _parquet_tasks(path: Path) -> list[str]:
+    """Task strings of a LeRobotDataset v3.0 ``meta/tasks.parquet`` (the index or a column)."""
+    if not path.is_file():
+        return []
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    except Exception:  # an unreadable or foreign file: the card says less, never guesses
+        return []
+    for name in ("task", "__index_level_0__"):
+        if name in table.column_names:
+            return [str(v) for v in table.column(name).to_pylist()]
+    return []
+
+
+def _base_model_text(model: dict[str, Any]) -> str:
+    """The base model as the card shows it: a Hub id, never a local path."""
+    path = str(model.get("path") or "")
+    if model.get("kind") == "tiny":
+        return "zk0 tiny (random init)"
+    if _is_hub_id(path):
+        return path
+    return "a local SmolVLA checkpoint" if path else _MISSING
+
+
 def _versions(run: RunRecord) -> list[tuple[str, str]]:
     versions = {str(k): str(v) for k, v in run.versions.items()}
     ordered = [(k, versions.pop(k)) for k in _VERSION_ORDER if k in versions]
@@ -191,8 +299,27 @@ def _wandb_url(run: RunRecord) -> str | None:
     return None
 
 
+_PLACEHOLDER_NOTE = ("\n\nReplace `{placeholder}` with the repository this checkpoint was "
+                     "pushed to (or a local\nfolder holding it).")
+
+
+def with_repo_id(card_text: str, repo_id: str) -> str:
+    """A card written at checkpoint time, with the ``<user>/<model>`` placeholder filled in.
+
+    Args:
+        card_text: ``README.md`` text from :func:`build_model_card` without a repo id.
+        repo_id: The Hub repository the card is pushed to.
+
+    Returns:
+        The text with every placeholder replaced and the "Replace ..." note removed.
+    """
+    note = _PLACEHOLDER_NOTE.format(placeholder=REPO_PLACEHOLDER)
+    return card_text.replace(note, "").replace(REPO_PLACEHOLDER, repo_id)
+
+
 def build_model_card(
-    run_dir: Path, *, checkpoint_round: int, repo_id: str | None = None
+    run_dir: Path, *, checkpoint_round: int, repo_id: str | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> ModelCard:
     """Build the model card of the checkpoint of round ``checkpoint_round`` of a run.
 
@@ -203,6 +330,8 @@ def build_model_card(
             left out).
         repo_id: Hub repository the card will live in, used in the loading snippet;
             ``None`` writes the placeholder ``<user>/<model>``.
+        checkpoint_dir: The checkpoint's policy directory, for the input/output features
+            of its ``config.json``; ``None``: ``models/checkpoint_round_<N>`` of the run.
 
     Returns:
         A :class:`huggingface_hub.ModelCard`; ``str(card)`` is the ``README.md`` text
@@ -234,6 +363,7 @@ def build_model_card(
         pipeline_tag=PIPELINE_TAG,
         license=LICENSE,
         tags=list(CARD_TAGS),
+        model_name=MODEL_NAME,
         base_model=base_model,
         datasets=_hub_datasets(config) or None,
     )
@@ -242,6 +372,9 @@ def build_model_card(
         if round_eval is not None and round_eval.server_eval is not None else []
     if not eval_datasets:
         eval_datasets = [str(s.get("name")) for s in data.get("eval") or [] if isinstance(s, dict)]
+    composite_sets, other_sets = _composite(config, eval_datasets)
+    features = _features(checkpoint_dir or rd.checkpoint(checkpoint_round))
+    robots, tasks = _dataset_facts(config)
     clients = _clients(config)
     title_repo = repo_id or "zk0 federated SmolVLA"
     return ModelCard.from_template(
@@ -253,8 +386,7 @@ def build_model_card(
         rounds_planned=run.rounds_planned or federation.get("rounds"),
         run_status=run.status if rd.run_json.is_file() else None,
         model_kind=model.get("kind"),
-        base_model_text=model.get("path") or ("zk0 tiny (random init)"
-                                              if model.get("kind") == "tiny" else _MISSING),
+        base_model_text=_base_model_text(model),
         num_clients=len(clients) or _MISSING,
         steps_per_round=training.get("steps_per_round", _MISSING),
         batch_size=training.get("batch_size", _MISSING),
@@ -265,6 +397,14 @@ def build_model_card(
         partition=data.get("partition", _MISSING),
         clients=clients,
         eval_datasets=eval_datasets,
+        composite_sets=composite_sets,
+        other_eval_sets=other_sets,
+        input_features=features["inputs"],
+        output_features=features["outputs"],
+        cameras=[f["key"] for f in features["inputs"] if f["type"] == "VISUAL"],
+        robot_types=robots,
+        tasks=tasks,
+        repo_known=repo_id is not None,
         eval_rows=rows,
         eval_rows_thinned=step > 1,
         eval_rows_step=step,

@@ -197,6 +197,31 @@ def _split_heldout(name: str, total: int, k: int) -> tuple[list[int], list[int]]
     return list(range(total - k)), list(range(total - k, total))
 
 
+def client_partition(cfg: RunConfig, index: int) -> ClientPartition:
+    """Client ``index``'s share of the data; reads only the datasets that share needs.
+
+    With ``data.partition = "dataset"`` only ``data.clients[index]`` is opened, so an error
+    names the dataset that has the problem (not the first client's).
+
+    Args:
+        cfg: The run configuration.
+        index: Client (partition) index, ``0 <= index < cfg.num_clients``.
+
+    Returns:
+        The partition; never empty.
+
+    Raises:
+        DatasetError: The dataset cannot be loaded, or it has too few episodes.
+    """
+    k = cfg.data.heldout_episodes
+    if cfg.data.partition == "dataset":
+        ref = resolve_dataset(cfg.data.clients[index], cfg.data.sim)
+        meta = load_metadata(ref)
+        train, held = _split_heldout(ref.name, meta.total_episodes, k)
+        return ClientPartition(str(index), ref.name, ref, train, held)
+    return _episode_partitions(cfg)[index]
+
+
 def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
     """Split the configured data across ``cfg.num_clients`` clients.
 
@@ -215,19 +240,19 @@ def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
         DatasetError: A dataset cannot be loaded, or there are too few episodes
             (e.g. "8 clients but only 5 episodes ...").
     """
+    if cfg.data.partition == "dataset":
+        return [client_partition(cfg, i) for i in range(cfg.num_clients)]
+    return _episode_partitions(cfg)
+
+
+def _episode_partitions(cfg: RunConfig) -> list[ClientPartition]:
     n = cfg.num_clients
     k = cfg.data.heldout_episodes
     out: list[ClientPartition] = []
-    if cfg.data.partition == "dataset":
-        for i in range(n):
-            ref = resolve_dataset(cfg.data.clients[i], cfg.data.sim)
-            meta = load_metadata(ref)
-            train, held = _split_heldout(ref.name, meta.total_episodes, k)
-            out.append(ClientPartition(str(i), ref.name, ref, train, held))
-        return out
     ref = resolve_dataset(cfg.data.clients[0], cfg.data.sim)
     meta = load_metadata(ref)
     total = meta.total_episodes
+    train_all, held = _split_heldout(ref.name, total, k)
     if total - k < n:
         raise DatasetError(
             f"{n} clients but only {total - k} episodes to train on in {ref.name!r} "
@@ -235,7 +260,6 @@ def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
             "needs at least one. Lower federation.num_clients or data.heldout_episodes, or "
             "use more episodes."
         )
-    train_all, held = _split_heldout(ref.name, total, k)
     base, extra = divmod(len(train_all), n)
     start = 0
     for i in range(n):
@@ -243,6 +267,31 @@ def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
         out.append(ClientPartition(str(i), ref.name, ref, train_all[start:start + size], held))
         start += size
     return out
+
+
+def check_video_backend(backend: str) -> None:
+    """Check that LeRobot's video decoder ``backend`` can load, before a run starts.
+
+    ``torchcodec`` needs the system FFmpeg libraries (4 to 8); ``pyav`` brings its own.
+
+    Args:
+        backend: ``data.video_backend``.
+
+    Raises:
+        DatasetError: ``torchcodec`` is not installed or cannot load its FFmpeg libraries.
+    """
+    if backend != "torchcodec":
+        return
+    try:
+        import torchcodec.decoders  # noqa: F401  (loads libtorchcodec and FFmpeg)
+    except Exception as err:  # ImportError, or RuntimeError("Could not load libtorchcodec")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DatasetError(
+            f"data.video_backend = 'torchcodec' cannot decode videos on this machine "
+            f"({type(err).__name__}: {first}); torchcodec needs the system FFmpeg libraries "
+            "(versions 4 to 8). Set data.video_backend = \"pyav\" (it brings its own FFmpeg) "
+            "or install FFmpeg."
+        ) from None
 
 
 def open_dataset(

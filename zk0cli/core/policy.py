@@ -39,7 +39,7 @@ from zk0cli.errors import (
     FeatureMismatchError,
     FieldProblem,
 )
-from zk0cli.log import logger
+from zk0cli.log import library_prints, logger
 
 if TYPE_CHECKING:
     import torch
@@ -448,7 +448,8 @@ def build_policy(
         _check_stats(stats, cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            policy = SmolVLAPolicy(cfg)
+            with library_prints("lerobot"):
+                policy = SmolVLAPolicy(cfg)
     else:
         assert model.path is not None  # enforced by ModelConfig
         cfg = _load_pretrained_config(model.path)
@@ -462,7 +463,8 @@ def build_policy(
         _check_stats(stats, cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            policy = SmolVLAPolicy.from_pretrained(model.path, config=cfg)
+            with library_prints("lerobot"):
+                policy = SmolVLAPolicy.from_pretrained(model.path, config=cfg)
     policy.to(device)
     policy.train()
     pre, post = make_processors(cfg, stats=stats, rename_map=rename_map)
@@ -555,12 +557,18 @@ def set_trainable_state(
 def save_bundle(bundle: PolicyBundle, directory: Path) -> None:
     """Write the policy (``config.json``, ``model.safetensors``) and both processors.
 
+    The saved ``config.json`` has ``push_to_hub = false``: ``lerobot-train
+    --policy.path=<checkpoint>`` otherwise stops with "'repo_id' argument missing".
+
     Args:
         bundle: What to save.
         directory: Target directory (created if needed).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    cfg = bundle.policy.config
+    if hasattr(cfg, "push_to_hub"):
+        cfg.push_to_hub = False  # zk0 pushes with `zk0 push`; LeRobot must not try on its own
     bundle.policy.save_pretrained(directory)
     bundle.preprocessor.save_pretrained(directory)
     bundle.postprocessor.save_pretrained(directory)
@@ -595,7 +603,8 @@ def load_bundle(directory: Path, *, device: str = "cpu") -> PolicyBundle:
     dev = resolve_device(device)
     cfg = _load_pretrained_config(str(directory))
     cfg.device = dev.type
-    policy = SmolVLAPolicy.from_pretrained(str(directory), config=cfg)
+    with library_prints("lerobot"):
+        policy = SmolVLAPolicy.from_pretrained(str(directory), config=cfg)
     policy.to(dev)
     pre, post = make_pre_post_processors(
         cfg,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from zk0cli.core.config import RunConfig
 from zk0cli.core.contract import REL_ROUND_FILES, ROUND
+from zk0cli.core.strategy import RoundOutcome
 from zk0cli.errors import FederationError
 
 _FAILURES_HINT = f"See the {ROUND.failures} in {REL_ROUND_FILES}."
@@ -83,8 +84,12 @@ class RoundPolicy:
         """Record that the current global model is saved."""
         self.changed_since_checkpoint = False
 
-    def check_failures(self, server_round: int) -> None:
+    def check_failures(self, server_round: int, outcome: RoundOutcome | None = None) -> None:
         """Give up on a run that keeps failing.
+
+        Args:
+            server_round: The run's round just recorded.
+            outcome: That round's outcome (names the cause in the error).
 
         Raises:
             FederationError: ``federation.max_failed_rounds`` consecutive failed rounds,
@@ -93,15 +98,42 @@ class RoundPolicy:
         fed = self.config.federation
         if self.failed_streak >= fed.max_failed_rounds:
             raise FederationError(
-                f"{self.failed_streak} consecutive rounds without a valid client reply "
-                f"(federation.max_failed_rounds = {fed.max_failed_rounds}); the last global "
-                f"model is kept. {_FAILURES_HINT}"
+                f"{self.failed_streak} consecutive rounds without an aggregated update "
+                f"(federation.max_failed_rounds = {fed.max_failed_rounds}): "
+                f"{no_aggregation_cause(outcome, fed.min_clients)}. The last global model is "
+                f"kept. {_FAILURES_HINT}"
             )
         if self.is_last(server_round) and self.aggregated_rounds == 0:
             raise FederationError(
-                f"no round aggregated a client update in {fed.rounds} round(s); every client "
-                f"failed. {_FAILURES_HINT}"
+                f"no round aggregated a client update in {fed.rounds} round(s): "
+                f"{no_aggregation_cause(outcome, fed.min_clients)}. {_FAILURES_HINT}"
             )
+
+
+def no_aggregation_cause(outcome: RoundOutcome | None, min_clients: int) -> str:
+    """Why a round produced no new global model, in words, from its :class:`RoundOutcome`.
+
+    Distinguishes clients that failed (each one's reason) from ``federation.min_clients``
+    not being met (too few nodes connected, or too few valid replies).
+
+    Args:
+        outcome: The round's outcome, or ``None`` when no message was sent.
+        min_clients: ``federation.min_clients``.
+    """
+    if outcome is None:
+        return (f"no client was asked to train (fewer than federation.min_clients = "
+                f"{min_clients} nodes connected)")
+    failures = list(outcome.failures)
+    ok = len(outcome.ok_reports)
+    if failures and ok == 0:
+        reasons = "; ".join(f"client {r.client_id}: {r.reason}" for r in failures[:3])
+        more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
+        return f"every client failed ({reasons}{more})"
+    if not outcome.reports:
+        note = outcome.note or "no replies"
+        return (f"federation.min_clients = {min_clients} was not met ({note}); no client "
+                "failed")
+    return outcome.note or f"only {ok} valid replies (federation.min_clients = {min_clients})"
 
 
 def checkpoint_space_needed(previous: Path | None) -> int:

@@ -238,8 +238,11 @@ def make_certificates(out: Path, *, hosts: Sequence[str], nodes: int = 0,
     _write(tls.server_key, srv_key.private_bytes(pem, pkcs8, serialization.NoEncryption()),
            private=True)
     node_keys = [make_node_keys(out, i) for i in range(1, nodes + 1)]
-    logger.info("wrote CA, server certificate for %s and %d node key pair(s) to %s",
-                ", ".join(names), nodes, out)
+    if nodes:
+        logger.info("wrote CA, server certificate for %s and %d node key pair(s) to %s",
+                    ", ".join(names), nodes, out)
+    else:
+        logger.info("wrote CA and server certificate for %s to %s", ", ".join(names), out)
     return CertBundle(tls, node_keys, names)
 
 

@@ -99,12 +99,18 @@ def check_request(req: RunRequest) -> None:
     """Step 1: refuse contradictory options and an ``--out`` that cannot be created.
 
     Raises:
-        UsageError: ``--resume`` with ``--out`` or ``--preset``.
+        UsageError: ``--resume`` with ``--out`` or ``--preset``; ``--config`` with
+            ``--preset`` (a config file is a whole configuration).
         RunDirError: ``--out`` exists or cannot be created.
     """
     if req.resume is not None and (req.out is not None or req.preset is not None):
         raise UsageError("--resume continues the given run directory: drop --out and "
                          "--preset (the run's config.json is the base).")
+    if req.config is not None and req.preset is not None:
+        raise UsageError(f"--preset {req.preset} and --config {req.config} were both given; a "
+                         "config file is a whole configuration, so give one of them. To start a "
+                         f"file from the preset: zk0 config show --preset {req.preset} > my.toml; "
+                         "to change single fields use --set section.key=value.")
     if req.out is not None:
         from zk0cli.core.rundir import check_new_dir
 

@@ -20,10 +20,13 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
         Display names of the datasets, in configuration order.
 
     Raises:
-        DatasetError: A dataset cannot be opened (missing root, wrong version, offline Hub).
+        DatasetError: A dataset cannot be opened (missing root, wrong version, offline Hub),
+            a client's partition would be empty (``data.heldout_episodes`` too large, more
+            clients than episodes), or ``data.video_backend`` cannot load.
     """
     from zk0cli.core import data as D
 
+    D.check_video_backend(config.data.video_backend)
     names = []
     specs = [*config.data.clients[: max(config.num_clients, 1)], *config.data.eval]
     if config.data.partition == "episodes":
@@ -35,4 +38,5 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
         D.load_metadata(ref)
         names.append(ref.name)
         logger.info("dataset ready: %s (%s)", ref.name, ref.root or ref.repo_id)
+    D.client_partitions(config)  # every client's share is non-empty, before any process starts
     return names

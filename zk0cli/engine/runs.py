@@ -18,6 +18,7 @@ from zk0cli.core.contract import FINAL_STATUSES, RunRecord
 from zk0cli.core.rundir import RunDir, check_new_dir
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
 from zk0cli.errors import FederationError, RunDirError
+from zk0cli.flower.progress import live_progress
 from zk0cli.log import logger
 
 
@@ -32,6 +33,8 @@ class RunProgress:
         last_loss: Newest composite server policy loss (``None`` before the first).
         elapsed_s: Seconds since submission.
         status: ``run.json`` status.
+        phase: What the ServerApp is doing (``"round 0 evaluation"``); ``""`` before it
+            started.
     """
 
     rounds_done: int
@@ -40,6 +43,7 @@ class RunProgress:
     last_loss: float | None
     elapsed_s: float
     status: str
+    phase: str = ""
 
 
 ProgressFn = Callable[[RunProgress], None]
@@ -78,9 +82,10 @@ def progress_of(rundir: RunDir, total: int, t0: float) -> RunProgress:
     history = _safe(lambda: read_policy_loss_history(rundir)) or {}
     last = history[max(history)] if history else None
     last = float(last) if isinstance(last, int | float) and not isinstance(last, bool) else None
-    return RunProgress(run.rounds_completed, total,
-                       rundir.clients_reported(run.rounds_completed + 1), last,
-                       time.monotonic() - t0, run.status)
+    reported, phase = live_progress(rundir.server_dir, rundir.clients_dir,
+                                    run.rounds_completed + 1)
+    return RunProgress(run.rounds_completed, total, reported, last,
+                       time.monotonic() - t0, run.status, phase)
 
 
 def _safe[T](read: Callable[[], T]) -> T | None:

@@ -14,6 +14,25 @@ if TYPE_CHECKING:
     from zk0cli.engine.lifecycle import RunDisplay, RunOutcome, RunRequest
 
 
+def check_push_target(repo_id: str | None) -> str:
+    """Check ``--push --repo-id`` before the smoke run starts.
+
+    Returns:
+        The repo id.
+
+    Raises:
+        UsageError: No repo id, or not a valid Hub ``namespace/name``.
+    """
+    from zk0cli.hub.checkpoint import check_repo_id
+
+    if not repo_id:
+        raise UsageError("--push needs --repo-id namespace/name; nothing was run or pushed.")
+    problem = check_repo_id(repo_id)
+    if problem:
+        raise UsageError(f"--repo-id: {problem}; nothing was run or pushed.")
+    return repo_id
+
+
 def check_checkpoint(rundir: RunDir) -> Path:
     """Verify the newest checkpoint against its manifest and reload it offline.
 
@@ -109,8 +128,8 @@ def run_tiny(req: RunRequest, ui: RunDisplay, *, push_repo: str | None, push_req
     from zk0cli.engine import lifecycle
 
     on_phase("config")
-    if push_requested and not push_repo:
-        raise UsageError("--push needs --repo-id user/model; nothing was pushed.")
+    if push_requested:
+        check_push_target(push_repo)  # before minutes of smoke run
     lifecycle.check_request(req)
     cfg = lifecycle.load_config(req)
     on_phase("federation")

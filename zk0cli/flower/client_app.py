@@ -57,7 +57,7 @@ def _partition(cfg: RunConfig, context: Context) -> Any:
         client_id = str(node.get(K.PARTITION_ID_KEY, context.node_id))
         return D.ClientPartition(client_id, name, ref, list(range(n - k)), list(range(n - k, n)))
     pid = int(node[K.PARTITION_ID_KEY])
-    return D.client_partitions(cfg)[pid]
+    return D.client_partition(cfg, pid)
 
 
 def _state(cfg: RunConfig, context: Context, cfg_key: str) -> _ClientState:

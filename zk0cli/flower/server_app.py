@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -57,14 +57,20 @@ class RoundHook:
         if aggregated:
             self.evaluator.set_global(from_array_record(arrays))
         policy.observe(run_round, aggregated=aggregated)
-        server_eval = self.evaluator.evaluate() if policy.should_evaluate(run_round) else None
+        server_eval = None
+        if policy.should_evaluate(run_round):
+            from zk0cli.flower.progress import write_phase
+
+            write_phase(self.rundir.server_dir, phase=f"round {run_round} server evaluation",
+                        server_round=run_round)
+            server_eval = self.evaluator.evaluate()
         now = time.monotonic()
         record = self.recorder.record_round(run_round, outcome=outcome,
                                             server_eval=server_eval, seconds=now - self.t_last)
         self.t_last = now
         if policy.should_checkpoint(run_round):
             self._checkpoint(run_round, record)
-        policy.check_failures(run_round)
+        policy.check_failures(run_round, outcome)
         comp = record.server_composite_eval_loss
         return MetricRecord({COMPOSITE_METRIC: comp}) if comp is not None else None
 
@@ -81,8 +87,8 @@ class RoundHook:
             record.model_dump(include=set(CheckpointMetrics.model_fields)))
 
         def card(directory: Any) -> None:
-            build_model_card(self.rundir.root, checkpoint_round=server_round).save(
-                directory / MODEL_CARD)
+            build_model_card(self.rundir.root, checkpoint_round=server_round,
+                             checkpoint_dir=directory).save(directory / MODEL_CARD)
 
         previous = self.rundir.latest_checkpoint()
         try:
@@ -114,7 +120,10 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     from zk0cli.core.schedules import lr_schedule, mu_schedule
     from zk0cli.core.strategy import Zk0FedProx
     from zk0cli.core.transport import from_array_record, specs_of, to_array_record
+    from zk0cli.flower.progress import ProgressGrid, write_progress
 
+    write_progress(rundir.server_dir, phase="building the model and evaluation datasets",
+                   server_round=0)
     evaluator = ServerEvaluator.from_config(cfg)
     initial = get_trainable_state(evaluator.bundle.policy)
     start = resume_start(rundir, names=list(initial))
@@ -138,6 +147,8 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         prior_losses=start.prior_losses,
     )
     train_config = ConfigRecord()
+    # Flower's Grid, reporting each reply as it arrives (server/progress.json)
+    grid = cast(Grid, ProgressGrid(grid, rundir.server_dir, round_offset=start.offset))
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 
@@ -146,6 +157,8 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
             evaluator.use_stats(merged)
             train_config[K.STATS_KEY] = merged
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
+    write_progress(rundir.server_dir, phase="round 0 evaluation" if not start.offset else
+                   f"resuming after round {start.offset}", server_round=start.offset)
     strategy.start(grid=grid, initial_arrays=initial_arrays,
                    num_rounds=fed.rounds - start.offset, timeout=fed.round_timeout_s,
                    train_config=train_config, evaluate_fn=hook)

@@ -126,6 +126,8 @@ class PushPlan:
         tag: Tag to create on the commit.
         commit_message: Commit title.
         endpoint: Hub URL the upload goes to.
+        card_rewritten: ``card`` differs from the checkpoint's ``README.md`` (regenerated,
+            or its ``<user>/<model>`` placeholder filled in); the staged manifest lists it.
     """
 
     options: PushOptions
@@ -135,6 +137,7 @@ class PushPlan:
     tag: str
     commit_message: str
     endpoint: str
+    card_rewritten: bool = False
 
     @property
     def total_bytes(self) -> int:
@@ -194,15 +197,20 @@ def prepare_push(options: PushOptions) -> PushPlan:
         raise CheckpointError(str(resolved.path), early)
     if options.regenerate_card and resolved.run_dir is not None:
         card = str(build_model_card(resolved.run_dir, checkpoint_round=resolved.round,
-                                    repo_id=options.repo_id))
+                                    repo_id=options.repo_id, checkpoint_dir=resolved.path))
         card_size = len(card.encode("utf-8"))
+        rewritten = True
     else:
+        from zk0cli.core.card import REPO_PLACEHOLDER, with_repo_id
+
         card = (resolved.path / CARD_FILE).read_text(encoding="utf-8")
-        card_size = (resolved.path / CARD_FILE).stat().st_size
+        rewritten = REPO_PLACEHOLDER in card  # written at checkpoint time; the repo is known now
+        if rewritten:
+            card = with_repo_id(card, options.repo_id)
+        card_size = len(card.encode("utf-8"))
     sizes = {f.relpath: f.size for f in files}
     sizes[CARD_FILE] = card_size
-    sizes[MANIFEST_FILE] = _staged_manifest_size(resolved.path, card if options.regenerate_card
-                                                 else None)
+    sizes[MANIFEST_FILE] = _staged_manifest_size(resolved.path, card if rewritten else None)
     return PushPlan(
         options=options,
         checkpoint=resolved,
@@ -211,6 +219,7 @@ def prepare_push(options: PushOptions) -> PushPlan:
         tag=options.tag or DEFAULT_TAG_FORMAT.format(round=resolved.round),
         commit_message=options.commit_message or DEFAULT_COMMIT_FORMAT.format(round=resolved.round),
         endpoint=(options.endpoint or constants.ENDPOINT).rstrip("/"),
+        card_rewritten=rewritten,
     )
 
 
@@ -236,14 +245,14 @@ def _stage(plan: PushPlan, folder: Path) -> None:
     for relpath, _ in plan.files:
         target = folder / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        if plan.options.regenerate_card and relpath in (CARD_FILE, MANIFEST_FILE):
+        if plan.card_rewritten and relpath in (CARD_FILE, MANIFEST_FILE):
             continue
         source = plan.checkpoint.path / relpath
         try:
             os.symlink(source, target)
         except OSError:
             shutil.copy2(source, target)
-    if plan.options.regenerate_card:
+    if plan.card_rewritten:
         (folder / CARD_FILE).write_text(plan.card, encoding="utf-8")
         (folder / MANIFEST_FILE).write_text(
             _manifest_with_card(plan.checkpoint.path, plan.card), encoding="utf-8"

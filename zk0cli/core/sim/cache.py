@@ -21,7 +21,7 @@ from zk0cli.core.cache import cache_root
 from zk0cli.core.sim.recorder import check_task, generate_dataset
 from zk0cli.log import logger
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: robot_type "so_follower"
 """Version of what the generator writes; part of every cache key."""
 
 _COMPLETE = ".zk0_complete"
@@ -123,7 +123,7 @@ def ensure_sim_dataset(task: str | SimDatasetKey, *, cache_dir: Path | None = No
         try:
             generate_dataset(task, root=tmp, repo_id=repo_id, episodes=key.episodes,
                              seed=key.seed, height=key.height, width=key.width,
-                             only_success=key.only_success)
+                             only_success=key.only_success, native_log=base / f"{root.name}.log")
             (tmp / _COMPLETE).write_text(json.dumps(settings) + "\n")
             if root.exists():  # an incomplete leftover
                 shutil.rmtree(root)

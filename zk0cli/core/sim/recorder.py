@@ -1,9 +1,9 @@
 """Record scripted-expert episodes into a LeRobotDataset v3.0 with LeRobot's own writer.
 
-Features (robot_type ``so101``, 30 fps): ``observation.state`` and ``action`` float32[6]
-named ``shoulder_pan.pos ... gripper.pos`` (degrees; gripper 0–100), and the videos
-``observation.images.top`` and ``observation.images.wrist`` (H, W, 3), encoded with the
-FFmpeg that PyAV bundles.
+Features (robot_type ``so_follower``, as LeRobot 0.6.1 records an SO-101 follower; 30 fps):
+``observation.state`` and ``action`` float32[6] named ``shoulder_pan.pos ... gripper.pos``
+(degrees; gripper 0–100), and the videos ``observation.images.top`` and
+``observation.images.wrist`` (H, W, 3), encoded with the FFmpeg that PyAV bundles.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from zk0cli.core.rundir import create_dir
 from zk0cli.core.sim import scene
 from zk0cli.core.sim.tasks import SIM_TASKS
 from zk0cli.errors import SimulatorError, UsageError
-from zk0cli.log import logger
+from zk0cli.log import logger, native_stderr_to
 
-ROBOT_TYPE = "so101"
+ROBOT_TYPE = "so_follower"
+"""``robot.name`` of LeRobot 0.6.1's SO-100/SO-101 follower (``lerobot-record`` writes it);
+LeRobot's dataset merge requires equal robot types."""
 MAX_EPISODE_STEPS: dict[str, int] = {"lift": 150, "pick_place": 250, "stack": 250, "push": 250}
 """Safety cap on control steps per episode (the evaluator's default horizon)."""
 
@@ -75,6 +77,7 @@ def generate_dataset(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     frame_progress: Callable[[int], None] | None = None,
+    native_log: Path | None = None,
 ) -> Path:
     """Write one LeRobotDataset v3.0 of scripted-expert demonstrations of ``task``.
 
@@ -94,6 +97,9 @@ def generate_dataset(
         overwrite: Replace an existing ``root``.
         progress: Called with (episodes written, episodes requested) after each episode.
         frame_progress: Called with the number of frames rendered after each frame.
+        native_log: File receiving what the video encoder's C code writes to stderr
+            (``Svt[info]``, ``[mp4 @ ...]``); ``None`` leaves stderr alone. ``zk0 -v``
+            always shows it.
 
     Returns:
         ``root``.
@@ -125,7 +131,7 @@ def generate_dataset(
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from zk0cli.core.sim.env import SimEnv
-    from zk0cli.core.sim.expert import ScriptedExpert, run_expert_episode
+    from zk0cli.core.sim.expert import ScriptedExpert
 
     env = SimEnv(task, height=height, width=width, render=True)
     expert = ScriptedExpert()
@@ -133,8 +139,28 @@ def generate_dataset(
         repo_id, fps=scene.FPS, features=dataset_features(height, width), root=root,
         robot_type=ROBOT_TYPE, use_videos=True, video_backend="pyav",
     )
-    kept, attempt, frames = 0, 0, 0
     started = time.perf_counter()
+    with native_stderr_to(native_log):
+        kept, attempt, frames = _record(task, dataset, env, expert, episodes=episodes,
+                                        seed=seed, only_success=only_success,
+                                        progress=progress, frame_progress=frame_progress)
+    if kept == 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise SimulatorError(f"The expert solved none of {attempt} {task} episodes; nothing kept.")
+    if kept < episodes:
+        logger.warning("%s: only %s of %s episodes succeeded", task, kept, episodes)
+    logger.info("%s: %s episodes, %s frames simulated in %.1f s -> %s", task, kept, frames,
+                time.perf_counter() - started, root)
+    return root
+
+
+def _record(task: str, dataset: Any, env: Any, expert: Any, *, episodes: int, seed: int,
+            only_success: bool, progress: Callable[[int, int], None] | None,
+            frame_progress: Callable[[int], None] | None) -> tuple[int, int, int]:
+    """Simulate and save episodes; returns (episodes kept, attempts, frames rendered)."""
+    from zk0cli.core.sim.expert import run_expert_episode
+
+    kept, attempt, frames = 0, 0, 0
     try:
         while kept < episodes and attempt < 2 * episodes + 5:
             obs_list, actions, success = run_expert_episode(
@@ -155,11 +181,4 @@ def generate_dataset(
                 progress(kept, episodes)
     finally:
         dataset.finalize()
-    if kept == 0:
-        shutil.rmtree(root, ignore_errors=True)
-        raise SimulatorError(f"The expert solved none of {attempt} {task} episodes; nothing kept.")
-    if kept < episodes:
-        logger.warning("%s: only %s of %s episodes succeeded", task, kept, episodes)
-    logger.info("%s: %s episodes, %s frames simulated in %.1f s -> %s", task, kept, frames,
-                time.perf_counter() - started, root)
-    return root
+    return kept, attempt, frames
