@@ -150,3 +150,22 @@ def test_resume_without_checkpoint_exits_2(tmp_path):
 def test_resume_of_a_non_run_directory_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["simulate", "--resume", str(tmp_path)])
     assert res.exit_code == 2 and "not a zk0 run directory" in res.output
+
+
+def test_corrupt_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path):
+    cfg, rd = _interrupted_run(tmp_path, rounds_written=3, checkpoint_round=1)
+    write_checkpoint(rd, 2, save_policy=_fake_policy, metrics={})
+    (rd.checkpoint(2) / "model.safetensors").write_bytes(b"\1" * 8)  # damaged after the write
+    point = prepare_resume(rd, cfg)
+    assert point.checkpoint == rd.checkpoint(1) and point.server_round == 1
+    assert "checkpoint_round_2" in point.fallback and "model.safetensors" in point.fallback
+    assert read_json(rd.run_json)["resumes"][0]["fallback"] == point.fallback
+
+
+def test_no_intact_checkpoint_lists_each_problem(tmp_path):
+    cfg, rd = _interrupted_run(tmp_path, rounds_written=2, checkpoint_round=1)
+    (rd.checkpoint(1) / "model.safetensors").write_bytes(b"\1" * 8)
+    with pytest.raises(RunDirError, match="no complete checkpoint") as info:
+        prepare_resume(rd, cfg)
+    assert "checkpoint_round_1" in str(info.value)
+    assert rd.server_eval_rounds() == [0, 1, 2]  # nothing moved

@@ -58,3 +58,9 @@ QUIET_ENV: Final = {
 STATS_ACTION: Final = "stats"  # ClientApp query action: message type "query.stats"
 STATS_KEY: Final = "zk0-stats"  # JSON sufficient statistics (query reply; merged, train config)
 IMAGE_FRAMES_KEY: Final = "image-frames"  # query config: frames sampled for camera statistics
+
+# --- one owner per run (owner) -------------------------------------------------------------
+OWNER_LOCK_FILE: Final = ".owner.lock"  # run dir: flock'ed by the owning process
+OWNER_FILE: Final = ".owner.json"  # run dir: the owner's pid, start time, host
+OWNER_WATCH_INTERVAL_S: Final = 0.5  # how often the watchdog checks the owner
+OWNER_GONE_BOUND_S: Final = 30.0  # every process of a run is gone this long after its owner

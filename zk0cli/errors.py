@@ -101,6 +101,10 @@ class RunDirError(UsageError, OSError):
     """A path is not a zk0 run directory, or a run directory is not in the expected state."""
 
 
+class RunOwnedError(RunDirError):
+    """Another live process owns the run directory (holds its lock); exit code 2."""
+
+
 class CheckpointError(UsageError, OSError):
     """A checkpoint directory is missing files, is corrupt, or does not load.
 

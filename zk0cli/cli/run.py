@@ -154,6 +154,11 @@ def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
     base = read_json(rundir.config_json)
     cfg = load_config(config_file=config, base=base, overrides=sets or [], flags=flags)
     point = prepare_resume(rundir, cfg)
+    if point.previous_owner:
+        console.print(f"taking over {rundir.root}: its owner ({point.previous_owner}) is gone")
+    if point.fallback:
+        console.print(f"models/latest is not usable ({point.fallback}); using the newest "
+                      f"intact checkpoint, {point.checkpoint.name}")
     console.print(f"resuming {rundir.root} after round {point.server_round} "
                   f"({point.checkpoint.name})")
     return rundir, cfg

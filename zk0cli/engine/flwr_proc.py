@@ -332,7 +332,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class InterruptGuard:
-    """First Ctrl-C or SIGTERM: ``KeyboardInterrupt`` (clean stop); second: kill now.
+    """First Ctrl-C, SIGTERM or SIGHUP: ``KeyboardInterrupt`` (clean stop); second: kill now.
+
+    SIGHUP (the terminal or ssh session went away) is handled like the first Ctrl-C, so a
+    dropped connection stops the run cleanly and marks it ``interrupted``.
 
     Args:
         kill_now: Called on the second signal before exiting with 130; must not block
@@ -359,7 +362,7 @@ class InterruptGuard:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._saved[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zk0cli.core.config import RunConfig, config_to_json
+from zk0cli.core.owner import claim
 from zk0cli.core.rundir import RunDir, check_new_dir, read_json
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
 from zk0cli.errors import FederationError, RunDirError
@@ -57,6 +58,8 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
         command: The zk0 command, recorded in ``run.json``.
         engine: ``simulation`` or ``deployment``.
 
+    The calling process becomes the run's owner (:func:`zk0cli.core.owner.claim`).
+
     Raises:
         RunDirError: ``out`` already exists (nothing is overwritten).
     """
@@ -65,6 +68,7 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
         rundir = RunDir.create(out.parent, name=out.name)
     else:
         rundir = RunDir.create(config.output_root)
+    claim(rundir.root)  # this process owns the run from its first file on
     rundir.config_json.write_text(config_to_json(config) + "\n", encoding="utf-8")
     rundir.update_run(status="running", command=command, engine=engine, seed=config.seed,
                       rounds_planned=config.federation.rounds, rounds_completed=0,
@@ -159,4 +163,4 @@ def mark_interrupted(rundir: RunDir) -> None:
     run = _safe_json(rundir.run_json) or {}
     if run.get("status") not in ("completed", "failed"):
         rundir.update_run(status="interrupted", ended_at=time.time(),
-                          error="interrupted by the user (Ctrl-C / SIGTERM)")
+                          error="interrupted (Ctrl-C, SIGTERM or SIGHUP)")

@@ -20,19 +20,14 @@ from zk0cli.core.config import RunConfig
 from zk0cli.core.rundir import RunDir
 from zk0cli.engine.flwr_proc import (
     FlowerHome,
-    InterruptGuard,
     flower_bin,
     free_port,
-    kill_tree_now,
     make_app_dir,
-    reap_survivors,
-    start_process,
-    stop_run,
-    stop_tree,
     submit_run,
     wait_for_port,
 )
-from zk0cli.engine.runs import ProgressFn, follow_run, mark_interrupted
+from zk0cli.engine.runs import ProgressFn
+from zk0cli.engine.supervisor import Supervisor
 from zk0cli.log import logger
 
 
@@ -73,6 +68,7 @@ def run_simulation(config: RunConfig, rundir: RunDir, *,
 
     Raises:
         FederationError: The SuperLink could not start or refused the run.
+        RunOwnedError: Another live process owns ``rundir``.
         KeyboardInterrupt: After stopping the run and the SuperLink and marking the
             run interrupted.
     """
@@ -85,23 +81,14 @@ def run_simulation(config: RunConfig, rundir: RunDir, *,
            "--host", "127.0.0.1", "--port", str(port),
            "--disable-runtime-dependency-installation",
            "--database", str(work / "state.db")]
-    proc = start_process(cmd, env=home.env(), log_path=logs / "superlink.log", cwd=work)
-    run_id: int | None = None
-    # The guard stays active during the clean-up: a second Ctrl-C kills everything at once.
-    with InterruptGuard(lambda: kill_tree_now([proc])):
-        try:
-            run_id = _submit(config, rundir, home, work, port, proc)
-            return follow_run(rundir, home, run_id, config, on_progress=on_progress,
+    try:
+        with Supervisor(rundir) as sup:
+            proc = sup.start(cmd, env=home.env(), log_path=logs / "superlink.log", cwd=work)
+            sup.submitted(home, _submit(config, rundir, home, work, port, proc))
+            return sup.follow(config, on_progress=on_progress,
                               is_alive=lambda: proc.poll() is None)
-        except KeyboardInterrupt:
-            if run_id is not None:
-                stop_run(home, run_id)
-            mark_interrupted(rundir)
-            raise
-        finally:
-            stop_tree(proc)
-            reap_survivors()
-            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _submit(config: RunConfig, rundir: RunDir, home: FlowerHome, work: Path, port: int,
