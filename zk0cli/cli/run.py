@@ -81,10 +81,13 @@ def run_local_federation(config: RunConfig, *, out: Path | None, command: str,
         typer.Exit: With 1 when the run did not complete, 130 when interrupted.
     """
     from zk0cli.core.rundir import check_new_dir
+    from zk0cli.engine.preflight import check_resources
     from zk0cli.engine.prepare import prepare_datasets
     from zk0cli.engine.runs import create_run
     from zk0cli.engine.simulate import parallelism, run_simulation
 
+    for warning in check_resources(config):  # before any process starts or file is written
+        console.print(f"[yellow]warning:[/] {warning}")
     if rundir is None and out is not None:
         check_new_dir(out, purpose="--out")  # before minutes of dataset preparation
     with console.status("preparing datasets...") as status:
@@ -94,8 +97,7 @@ def run_local_federation(config: RunConfig, *, out: Path | None, command: str,
     par = parallelism(config)
     console.print(f"run directory: {rundir.root}")
     console.print(f"{config.num_clients} clients, {config.federation.rounds} round(s); "
-                  f"{par.parallel_clients} client(s) in parallel "
-                  f"({par.cpus_per_client:g} CPU each of {par.cpus})")
+                  f"{par.describe()}")
     return run_with_display(config, rundir, lambda on_progress: run_simulation(
         config, rundir, on_progress=on_progress))
 
@@ -153,6 +155,9 @@ def load_for_resume(run: Path, config: Path | None, sets: list[str] | None,
     rundir = RunDir.open(run)
     base = read_json(rundir.config_json)
     cfg = load_config(config_file=config, base=base, overrides=sets or [], flags=flags)
+    from zk0cli.engine.preflight import check_resources
+
+    check_resources(cfg)  # before the resume moves any file
     point = prepare_resume(rundir, cfg)
     if point.previous_owner:
         console.print(f"taking over {rundir.root}: its owner ({point.previous_owner}) is gone")
