@@ -168,6 +168,10 @@ class FederationError(Zk0Error, RuntimeError):
     """The federation failed (every client failed, the SuperLink died, a timeout passed)."""
 
 
+class DiskFullError(FederationError, OSError):
+    """The disk holding a run directory is full (ENOSPC/EDQUOT); the run ended ``failed``."""
+
+
 class HubError(Zk0Error, RuntimeError):
     """An upload to the Hugging Face Hub failed."""
 

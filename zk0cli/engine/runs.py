@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zk0cli.core.config import RunConfig, config_to_json
+from zk0cli.core.diskfull import reserve
 from zk0cli.core.owner import claim
 from zk0cli.core.rundir import RunDir, check_new_dir, read_json
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
@@ -69,6 +70,7 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
     else:
         rundir = RunDir.create(config.output_root)
     claim(rundir.root)  # this process owns the run from its first file on
+    reserve(rundir)  # room for the final run.json even if the disk fills up
     rundir.config_json.write_text(config_to_json(config) + "\n", encoding="utf-8")
     rundir.update_run(status="running", command=command, engine=engine, seed=config.seed,
                       rounds_planned=config.federation.rounds, rounds_completed=0,

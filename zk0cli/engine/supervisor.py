@@ -12,7 +12,9 @@ deployment). For the whole life of the run the supervisor:
 4. starts the Flower processes (:meth:`Supervisor.start`) and follows the Flower run
    (:meth:`Supervisor.follow`); an interrupt (``KeyboardInterrupt`` leaving the block)
    stops the Flower run (``flwr stop``) and marks it ``interrupted``;
-5. on the way out stops every process it started with its tree (newest first), reaps
+5. turns a full disk (ENOSPC) met on the way into zk0's message and ``run.json``
+   ``failed`` (:mod:`zk0cli.core.diskfull`);
+6. on the way out stops every process it started with its tree (newest first), reaps
    survivors found through the process token, stops the watchdog and releases the claim.
 """
 
@@ -25,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from zk0cli.core.config import RunConfig
+from zk0cli.core.diskfull import disk_full_error, is_disk_full, record_failure
 from zk0cli.core.owner import Claim, claim, release
 from zk0cli.core.rundir import RunDir
 from zk0cli.engine.flwr_proc import (
@@ -38,6 +41,7 @@ from zk0cli.engine.flwr_proc import (
     stop_tree,
 )
 from zk0cli.engine.runs import ProgressFn, follow_run, mark_interrupted
+from zk0cli.errors import DiskFullError
 from zk0cli.log import logger
 
 
@@ -79,9 +83,13 @@ class Supervisor:
                  tb: TracebackType | None) -> None:
         from zk0cli.engine.watchdog import stop_watchdog
 
+        disk_full = exc is not None and not isinstance(exc, DiskFullError) and \
+            is_disk_full(exc)
         try:
             if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
                 self._interrupted()
+            if disk_full and exc is not None:
+                record_failure(self.rundir, str(disk_full_error(self.rundir.root, exc)))
             for proc in reversed(self.procs):  # e.g. SuperNodes first, then the SuperLink
                 stop_tree(proc)
             reap_survivors()
@@ -90,6 +98,8 @@ class Supervisor:
                 stop_watchdog(self._watchdog)
             self._guard.__exit__(exc_type, exc, tb)
             release(self.rundir.root)
+        if disk_full and exc is not None:  # zk0's message instead of a traceback
+            raise disk_full_error(self.rundir.root, exc) from None
 
     def start(self, cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
               cwd: Path | None = None) -> subprocess.Popen[Any]:
