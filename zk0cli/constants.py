@@ -65,3 +65,4 @@ OWNER_FILE: Final = ".owner.json"  # run dir: the owner's pid, start time, host
 OWNER_WATCH_INTERVAL_S: Final = 0.5  # how often the watchdog checks the owner
 OWNER_GONE_BOUND_S: Final = 30.0  # every process of a run is gone this long after its owner
 DISK_RESERVE_FILE: Final = ".disk_reserve"  # run dir: freed for the last run.json write
+SIM_ACTOR_MAX_RESTARTS: Final = -1  # Ray restarts a dead simulated client's actor (unlimited)
