@@ -54,3 +54,7 @@ def test_a_killed_ray_worker_is_replaced_and_its_client_trains_next_round(tmp_pa
     assert rows[1]["num_failures"] >= 1  # the killed worker's reply
     for r in (2, 3):  # the replacement worker trains: nobody fails after the kill
         assert rows[r]["num_failures"] == 0 and rows[r]["num_clients"] == 2, rows[r]
+    run = read_json(rd.run_json)  # 1 of 3 rounds is below max_client_failure_rate = 0.5
+    assert run["status"] == "completed"
+    [line] = run["client_failures"]
+    assert "failed in 1 of 3 round(s)" in line and "round 1:" in line

@@ -241,6 +241,8 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
     if status not in RUN_STATUSES:
         status = "unknown"
     status = _owner_checked(rd.root, status, notes)
+    notes += [f"client failures (below federation.max_client_failure_rate): {line}"
+              for line in run_info.get("client_failures") or [] if status == "completed"]
     config = None
     if rd.config_json.is_file():
         try:

@@ -116,6 +116,8 @@ def run_with_display(config: RunConfig, rundir: RunDir,
         status = runner(lambda p: live.update(_progress_table(p, config.num_clients)))
     console.print(summary_table(rundir))
     run = rundir.read_run()
+    for line in run.get("client_failures") or []:  # below federation.max_client_failure_rate
+        console.print(f"[yellow]client failures:[/] {line}")
     console.print(f"status: {status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
     if status != "completed":
         from zk0cli.cli.errors import err_console

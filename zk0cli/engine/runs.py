@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zk0cli import constants as K
 from zk0cli.core.config import RunConfig, config_to_json
 from zk0cli.core.diskfull import reserve
 from zk0cli.core.owner import claim
@@ -166,3 +167,59 @@ def mark_interrupted(rundir: RunDir) -> None:
     if run.get("status") not in ("completed", "failed"):
         rundir.update_run(status="interrupted", ended_at=time.time(),
                           error="interrupted (Ctrl-C, SIGTERM or SIGHUP)")
+
+
+def client_failure_shares(rundir: RunDir, rounds: int) -> dict[str, tuple[int, list[str]]]:
+    """Per client: the training rounds (1..``rounds``) it failed in, and the reasons.
+
+    Read from the server round files (``failures`` of each round).
+
+    Returns:
+        ``{client_id: (rounds failed, [reason, ...])}`` for clients that failed at least once.
+    """
+    out: dict[str, tuple[int, list[str]]] = {}
+    for r in range(1, rounds + 1):
+        raw = _safe_json(rundir.server_eval(r))
+        if not isinstance(raw, dict):
+            continue
+        seen: set[str] = set()
+        for f in raw.get("failures") or []:
+            if not isinstance(f, dict):
+                continue
+            cid = str(f.get(K.CLIENT_ID, "?"))
+            if cid in seen:
+                continue
+            seen.add(cid)
+            n, reasons = out.get(cid, (0, []))
+            out[cid] = (n + 1, [*reasons, f"round {r}: {f.get('reason', '')}"])
+    return out
+
+
+def apply_client_failure_policy(rundir: RunDir, config: RunConfig, status: str) -> str:
+    """Fail a completed run whose clients failed too often; record the failures either way.
+
+    A client that failed in more than ``federation.max_client_failure_rate`` of the
+    training rounds ends the run ``failed`` (the error names each such client, its share
+    and its reasons); below the limit ``run.json`` ``client_failures`` lists them for the
+    summary and ``zk0 analyze-run``.
+
+    Returns:
+        The final status (``status``, or ``failed``).
+    """
+    if status != "completed":
+        return status
+    rounds = config.federation.rounds
+    shares = client_failure_shares(rundir, rounds)
+    if not shares:
+        return status
+    limit = config.federation.max_client_failure_rate
+    lines = {cid: f"client {cid} failed in {n} of {rounds} round(s) ({n / rounds:.0%}): "
+             + "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
+             for cid, (n, reasons) in sorted(shares.items())}
+    over = [cid for cid, (n, _) in shares.items() if n / rounds > limit]
+    rundir.update_run(client_failures=list(lines.values()))
+    if not over:
+        return status
+    error = (f"{len(over)} client(s) failed in more than federation.max_client_failure_rate "
+             f"= {limit:g} of the rounds: " + " | ".join(lines[c] for c in sorted(over)))
+    return _fail(rundir, error)

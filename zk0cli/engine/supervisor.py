@@ -40,7 +40,12 @@ from zk0cli.engine.flwr_proc import (
     stop_run,
     stop_tree,
 )
-from zk0cli.engine.runs import ProgressFn, follow_run, mark_interrupted
+from zk0cli.engine.runs import (
+    ProgressFn,
+    apply_client_failure_policy,
+    follow_run,
+    mark_interrupted,
+)
 from zk0cli.errors import DiskFullError
 from zk0cli.log import logger
 
@@ -119,14 +124,19 @@ class Supervisor:
                is_alive: Callable[[], bool] | None = None) -> str:
         """Follow the submitted Flower run to its end; returns the final ``run.json`` status.
 
+        A completed run whose clients failed in more than
+        ``federation.max_client_failure_rate`` of the rounds ends ``failed``
+        (:func:`~zk0cli.engine.runs.apply_client_failure_policy`).
+
         Raises:
             RuntimeError: Nothing was submitted (:meth:`submitted` not called).
             KeyboardInterrupt: Passed through; on exit the supervisor stops the run.
         """
         if self.home is None or self.run_id is None:
             raise RuntimeError("Supervisor.follow before Supervisor.submitted")
-        return follow_run(self.rundir, self.home, self.run_id, config,
-                          on_progress=on_progress, is_alive=is_alive)
+        status = follow_run(self.rundir, self.home, self.run_id, config,
+                            on_progress=on_progress, is_alive=is_alive)
+        return apply_client_failure_policy(self.rundir, config, status)
 
     def _interrupted(self) -> None:
         """Stop the Flower run (if submitted) and record the interrupt in ``run.json``."""
