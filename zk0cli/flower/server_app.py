@@ -35,6 +35,7 @@ class RoundHook:
         self.t_last = time.monotonic()
         self.changed_since_checkpoint = False
         self.failed_streak = 0
+        self.failure_causes: list[str] = []  # "round N: why", one per round that failed
         self.round_offset = int(getattr(strategy, "round_offset", 0))
         self.aggregated_rounds = 1 if self.round_offset else 0  # a checkpoint aggregated
 
@@ -54,6 +55,9 @@ class RoundHook:
             self.failed_streak = 0
         elif server_round > 0:
             self.failed_streak += 1
+            note = outcome.note if outcome is not None and outcome.note else \
+                "no valid client reply"
+            self.failure_causes.append(f"round {server_round}: {note}")
         last = server_round == cfg.federation.rounds
         server_eval = None
         if server_round % cfg.eval.frequency == 0 or last:
@@ -68,10 +72,12 @@ class RoundHook:
         ):
             self._checkpoint(server_round, round_file)
         if self.failed_streak >= cfg.federation.max_failed_rounds:
+            causes = "; ".join(self.failure_causes[-self.failed_streak:])
             raise FederationError(
-                f"{self.failed_streak} consecutive rounds without a valid client reply "
-                f"(federation.max_failed_rounds = {cfg.federation.max_failed_rounds}); the "
-                "last global model is kept. See the failures in server/round_*_server_eval.json."
+                f"{self.failed_streak} consecutive rounds without a new global model "
+                f"({causes}; federation.max_failed_rounds = "
+                f"{cfg.federation.max_failed_rounds}); the last global model is kept. See the "
+                "failures in server/round_*_server_eval.json."
             )
         if last and self.aggregated_rounds == 0:
             raise FederationError(
