@@ -71,7 +71,7 @@ class Supervisor:
         self.home: FlowerHome | None = None
         self.run_id: int | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
-        self._guard = InterruptGuard(lambda: kill_tree_now(self.procs))
+        self._guard = InterruptGuard(self._kill_now)
 
     def __enter__(self) -> Supervisor:
         from zk0cli.engine.watchdog import start_watchdog
@@ -105,6 +105,26 @@ class Supervisor:
             release(self.rundir.root)
         if disk_full and exc is not None:  # zk0's message instead of a traceback
             raise disk_full_error(self.rundir.root, exc) from None
+
+    def _kill_now(self) -> None:
+        """Second Ctrl-C: SIGKILL every process of the run, then record the interrupt.
+
+        Also those that left the SuperLink's tree (``flwr-simulation`` is reparented).
+        """
+        import psutil
+
+        from zk0cli.engine.watchdog import token_processes
+
+        kill_tree_now(self.procs)
+        for p in token_processes(PROCESS_TOKEN):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            mark_interrupted(self.rundir)
+        except OSError:
+            pass
 
     def start(self, cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
               cwd: Path | None = None) -> subprocess.Popen[Any]:
