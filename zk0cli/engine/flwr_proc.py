@@ -180,18 +180,10 @@ def reap_survivors(*, grace_s: float = 5.0) -> int:
     """
     import psutil
 
+    from zk0cli.engine.watchdog import token_processes
+
     def survivors() -> list[psutil.Process]:
-        found = []
-        for p in psutil.process_iter(["pid"]):
-            if p.info["pid"] == os.getpid():
-                continue
-            try:
-                if p.environ().get(PROCESS_TOKEN_ENV) == PROCESS_TOKEN and \
-                        p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
-        return found
+        return token_processes(PROCESS_TOKEN)
 
     deadline = time.monotonic() + grace_s
     left = survivors()
