@@ -43,9 +43,16 @@ def test_bad_replies_a_raising_and_a_hanging_client_are_excluded(tmp_path, monke
         "--set", "federation.proximal_mu=0", "--set", "data.partition=episodes",
         "--set", "data.sim.episodes=6", "--set", "data.heldout_episodes=0",
         "--set", "training.steps_per_round=2", "--set", "eval.batches=1"])
-    assert res.exit_code == 0, res.output
+    # Four of five clients failed in 1 of 1 rounds (100 % > max_client_failure_rate 0.5):
+    # the run ends failed, naming each client and its reason.
+    assert res.exit_code == 1, res.output
     assert time.monotonic() - t0 < 400  # the hanging client was cut at the round timeout
     rd = RunDir(out)
+    run = read_json(rd.run_json)
+    assert run["status"] == "failed" and "max_client_failure_rate = 0.5" in run["error"]
+    for cid in ("1", "2", "4"):
+        assert f"client {cid} failed in 1 of 1 round(s)" in run["error"]
+    assert "injected client failure" in run["error"]
     r1 = read_json(rd.server_eval(1))
     assert r1["aggregated"]
     [ok] = r1["individual_client_training_metrics"]

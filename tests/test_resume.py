@@ -1,4 +1,4 @@
-"""Resume: kill a whole run with SIGKILL, continue it, get the uninterrupted result."""
+"""Resume: kill the owner of a run, continue it, get the uninterrupted result."""
 
 import os
 import signal
@@ -11,7 +11,9 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from zk0cli.analysis.load import load_run
 from zk0cli.cli.app import app
+from zk0cli.constants import OWNER_GONE_BOUND_S
 from zk0cli.core.checkpoint import write_checkpoint
 from zk0cli.core.config import load_config
 from zk0cli.core.resume import config_differences, prepare_resume
@@ -35,37 +37,74 @@ def marked_processes(mark):
     return out
 
 
+def _start_marked(args, mark):
+    env = {**os.environ, MARK: mark}
+    return subprocess.Popen([sys.executable, "-m", "zk0cli", "simulate", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _wait_for_latest(proc, run, name):
+    latest = run / "models" / "latest"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip() == name:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the run ended (exit {proc.poll()}) before {name} was written")
+
+
+def _seconds_until_gone(mark):
+    t0 = time.monotonic()
+    while marked_processes(mark) and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def _snapshot(run):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+def test_owner_killed_or_hung_up_then_resume_equals_uninterrupted_run(tmp_path):
+    """SIGKILL of only the zk0 process, then SIGHUP of the resume: nothing outlives the
+    owner, nothing writes the run afterwards, a live owner refuses a second writer, and the
+    twice-interrupted run ends bitwise equal to an uninterrupted one."""
     full = tmp_path / "full"
     res = CliRunner().invoke(app, ["simulate", *ARGS, "--out", str(full)])
     assert res.exit_code == 0, res.output
 
     cut = tmp_path / "cut"
     mark = f"resume-{os.getpid()}"
-    env = {**os.environ, MARK: mark}
-    proc = subprocess.Popen([sys.executable, "-m", "zk0cli", "simulate", *ARGS, "--out", str(cut)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    latest = cut / "models" / "latest"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        if latest.is_file() and latest.read_text().strip() == "checkpoint_round_2":
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    for p in marked_processes(mark):  # SIGKILL the whole run: CLI, SuperLink, Ray, apps
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
+    proc = _start_marked([*ARGS, "--out", str(cut)], mark)
+    _wait_for_latest(proc, cut, "checkpoint_round_1")
+    res = CliRunner().invoke(app, ["simulate", "--resume", str(cut)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "is in use" in said, res.output  # the owner lives
+    assert f"pid {proc.pid}" in said
+    os.kill(proc.pid, signal.SIGKILL)  # only zk0: SuperLink, flwr-simulation, Ray survive it
     proc.wait(timeout=30)
-    time.sleep(1)
-    assert read_json(cut / "run.json")["status"] == "running"  # killed: nobody wrote more
+    gone = _seconds_until_gone(mark)
+    assert gone < OWNER_GONE_BOUND_S, f"processes outlived the killed owner by {gone:.0f} s"
+    before = _snapshot(cut)
+    time.sleep(3)
+    assert _snapshot(cut) == before  # nobody writes the run directory any more
+    assert read_json(cut / "run.json")["status"] == "running"
+    assert load_run(cut).status == "interrupted"  # the owner is gone: not "still running"
+
+    mark2 = mark + "-hup"
+    proc = _start_marked(["--resume", str(cut)], mark2)
+    _wait_for_latest(proc, cut, "checkpoint_round_2")
+    os.kill(proc.pid, signal.SIGHUP)  # the terminal went away: a clean stop
+    assert proc.wait(timeout=120) == 130
+    assert _seconds_until_gone(mark2) < OWNER_GONE_BOUND_S
+    run = read_json(cut / "run.json")
+    assert run["status"] == "interrupted" and "SIGHUP" in run["error"]
+    assert run["resumes"][0]["previous_owner"] is not None  # taken over from the dead one
 
     res = CliRunner().invoke(app, ["simulate", "--resume", str(cut)])
     assert res.exit_code == 0, res.output
-    assert "resuming" in res.output and "(checkpoint_round_2)" in res.output
+    assert "resuming" in res.output
 
     a, b = RunDir(full), RunDir(cut)
     ta = load_file(a.checkpoint(4) / "model.safetensors")
@@ -77,9 +116,10 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert ea["server_eval"] == eb["server_eval"]
     assert read_json(a.policy_loss_history) == read_json(b.policy_loss_history)
     run = read_json(b.run_json)
-    assert run["status"] == "completed" and run["resumes"][0]["from_round"] == 2
+    assert run["status"] == "completed" and run["resumes"][0]["from_round"] == 1
+    assert len(run["resumes"]) == 2 and run["resumes"][1]["from_round"] >= 2
     assert b.server_eval_rounds() == [0, 1, 2, 3, 4]
-    assert marked_processes(mark) == []
+    assert marked_processes(mark) == [] and marked_processes(mark2) == []
 
 
 def _fake_policy(directory):
@@ -150,3 +190,22 @@ def test_resume_without_checkpoint_exits_2(tmp_path):
 def test_resume_of_a_non_run_directory_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["simulate", "--resume", str(tmp_path)])
     assert res.exit_code == 2 and "not a zk0 run directory" in res.output
+
+
+def test_corrupt_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path):
+    cfg, rd = _interrupted_run(tmp_path, rounds_written=3, checkpoint_round=1)
+    write_checkpoint(rd, 2, save_policy=_fake_policy, metrics={})
+    (rd.checkpoint(2) / "model.safetensors").write_bytes(b"\1" * 8)  # damaged after the write
+    point = prepare_resume(rd, cfg)
+    assert point.checkpoint == rd.checkpoint(1) and point.server_round == 1
+    assert "checkpoint_round_2" in point.fallback and "model.safetensors" in point.fallback
+    assert read_json(rd.run_json)["resumes"][0]["fallback"] == point.fallback
+
+
+def test_no_intact_checkpoint_lists_each_problem(tmp_path):
+    cfg, rd = _interrupted_run(tmp_path, rounds_written=2, checkpoint_round=1)
+    (rd.checkpoint(1) / "model.safetensors").write_bytes(b"\1" * 8)
+    with pytest.raises(RunDirError, match="no complete checkpoint") as info:
+        prepare_resume(rd, cfg)
+    assert "checkpoint_round_1" in str(info.value)
+    assert rd.server_eval_rounds() == [0, 1, 2]  # nothing moved

@@ -267,3 +267,11 @@ def test_node_wait_timeout_is_a_config_field():
     assert load_config(preset="tiny").federation.node_wait_timeout_s == 600.0
     cfg = load_config(preset="tiny", overrides=["federation.node_wait_timeout_s=5"])
     assert cfg.federation.node_wait_timeout_s == 5.0
+
+
+def test_throwaway_ca_key_is_never_written(tmp_path):
+    from zk0cli.engine.certs import CA_KEY
+
+    bundle = make_certificates(tmp_path / "trial", hosts=[], keep_ca_key=False)
+    assert bundle.tls.ca_cert.is_file() and bundle.tls.server_key.is_file()
+    assert not (tmp_path / "trial" / CA_KEY).exists()

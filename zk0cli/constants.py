@@ -83,3 +83,10 @@ PROGRESS_REPLIES: Final = "replies"  # replies received so far in the current ex
 LOGS_DIR: Final = "logs"  # <run>/logs/: SuperLink, SuperNode and zk0 process logs
 CLI_LOG: Final = "zk0.log"  # <run>/logs/zk0.log: what the zk0 command itself logged
 SIM_LOG: Final = "zk0-data-sim.log"  # `zk0 data sim`: the video encoders' own output
+# --- one owner per run (owner) -------------------------------------------------------------
+OWNER_LOCK_FILE: Final = ".owner.lock"  # run dir: flock'ed by the owning process
+OWNER_FILE: Final = ".owner.json"  # run dir: the owner's pid, start time, host
+OWNER_WATCH_INTERVAL_S: Final = 0.5  # how often the watchdog checks the owner
+OWNER_GONE_BOUND_S: Final = 30.0  # every process of a run is gone this long after its owner
+DISK_RESERVE_FILE: Final = ".disk_reserve"  # run dir: freed for the last run.json write
+SIM_ACTOR_MAX_RESTARTS: Final = -1  # Ray restarts a dead simulated client's actor (unlimited)

@@ -270,6 +270,10 @@ class RunDirError(UsageError, OSError):
     """A path is not a zk0 run directory, or a run directory is not in the expected state."""
 
 
+class RunOwnedError(RunDirError):
+    """Another live process owns the run directory (holds its lock); exit code 2."""
+
+
 class CheckpointError(UsageError, OSError):
     """A checkpoint directory is missing files, is corrupt, or does not load.
 
@@ -329,6 +333,10 @@ class TransportError(Zk0Error, ValueError):
 
 class FederationError(Zk0Error, RuntimeError):
     """The federation failed (every client failed, the SuperLink died, a timeout passed)."""
+
+
+class DiskFullError(FederationError, OSError):
+    """The disk holding a run directory is full (ENOSPC/EDQUOT); the run ended ``failed``."""
 
 
 class HubError(Zk0Error, RuntimeError):

@@ -281,6 +281,9 @@ def load_run(run_dir: Path, *, verify_checksums: bool = True) -> RunData:
     status = str(run_info.get(RUN.status, "unknown"))
     if status not in RUN_STATUSES:
         status = "unknown"
+    status = _owner_checked(rd.root, status, notes)
+    notes += [f"client failures (below federation.max_client_failure_rate): {line}"
+              for line in run_info.get(RUN.client_failures) or [] if status == "completed"]
     config = None
     if rd.config_json.is_file():
         try:
@@ -420,3 +423,17 @@ def resolve_run(arg: str | Path, *, outputs_root: Path = Path("outputs")) -> Res
         raise RunDirError(f"{text!r} is neither a directory nor a prefix of any run under "
                           f"{path.parent.absolute()}. {expected}")
     return ResolvedRun(candidates[0].absolute(), "prefix", [p.absolute() for p in candidates[1:]])
+
+
+def _owner_checked(root: Path, status: str, notes: list[str]) -> str:
+    """``running`` becomes ``interrupted`` when nobody owns the run any more."""
+    from zk0cli.core.owner import owner_alive, read_owner
+
+    if status != "running" or owner_alive(root) is not False:
+        return status
+    owner = read_owner(root)
+    who = f" ({owner.describe()})" if owner else ""
+    notes.append(f"run.json says running, but the process that owned the run{who} is gone "
+                 "(killed, out of memory or its terminal closed): read as interrupted; "
+                 "`zk0 simulate --resume` continues it.")
+    return "interrupted"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors, make_console
 from zk0cli.cli.options import (
@@ -150,6 +151,8 @@ def show_outcome(outcome: RunOutcome, *, t0: float) -> RunDir:
     rundir = outcome.rundir
     console.print(summary_table(rundir))
     console.print(f"status: {outcome.status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
+    for line in rundir.run_record().client_failures:  # below max_client_failure_rate
+        console.print(Text.assemble(("client failures: ", "yellow"), line))
     _print_tracking(rundir.read_run())
     if not outcome.completed:
         from zk0cli.cli.errors import err_console

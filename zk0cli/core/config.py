@@ -239,6 +239,11 @@ class FederationConfig(_Section):
         3, ge=1, description="End the run as failed after this many consecutive rounds "
         "without a valid client reply."
     )
+    max_client_failure_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="End the run as failed (non-zero exit, naming the "
+        "clients and reasons) when a client failed in a larger share of the training rounds "
+        "than this; below it, the summary lists the failures. 1.0 never fails the run."
+    )
     transport_dtype: Literal["bfloat16", "float32"] = Field(
         "bfloat16",
         description="Wire dtype of the trainable tensors. `bfloat16`: values rounded to "

@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ from zk0cli.core.contract import (
     ResumeEntry,
     ResumeFrom,
 )
+from zk0cli.core.owner import claim
 from zk0cli.core.rundir import RunDir, read_json, write_json
-from zk0cli.errors import RunDirError, UsageError
+from zk0cli.errors import CheckpointError, RunDirError, UsageError
 from zk0cli.log import logger
 
 # Fields whose change makes the checkpoint meaningless for the new run (dotted prefixes).
@@ -55,10 +56,15 @@ class ResumePoint:
     Attributes:
         checkpoint: The verified checkpoint directory.
         server_round: Its round; the run continues at ``server_round + 1``.
+        fallback: Why ``models/latest`` was not used (``None`` when it was).
+        previous_owner: The earlier owner of the run that died without releasing it
+            (``None`` when the run was released cleanly).
     """
 
     checkpoint: Path
     server_round: int
+    fallback: str | None = None
+    previous_owner: str | None = None
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -91,22 +97,47 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]
 
 
 def find_resume_point(rundir: RunDir) -> ResumePoint:
-    """The newest complete checkpoint of a run.
+    """The newest intact checkpoint of a run.
+
+    ``models/latest`` is tried first; if it is missing, names a missing folder or a
+    checkpoint that does not match its manifest, the newest intact
+    ``checkpoint_round_N`` is used instead and :attr:`ResumePoint.fallback` says why.
 
     Raises:
-        RunDirError: No checkpoint, or ``models/latest`` names a damaged one.
-        CheckpointError: The checkpoint does not match its manifest.
+        RunDirError: No intact checkpoint at all (listing what was wrong with each).
     """
-    ckpt = rundir.latest_checkpoint()
-    if ckpt is None:
-        raise RunDirError(
-            f"{rundir.root} has no complete checkpoint ({MODELS_DIR}/{LATEST} is missing), so "
-            "there is "
-            "nothing to resume from; start a new run (checkpoint.interval sets how often "
-            "checkpoints are written)."
-        )
-    verify_checkpoint(ckpt)
-    return ResumePoint(ckpt, read_manifest(ckpt).round)
+    problems: list[str] = []
+    latest = rundir.latest_checkpoint()
+    if latest is not None:
+        try:
+            verify_checkpoint(latest)
+            return ResumePoint(latest, _round_of(latest))
+        except CheckpointError as err:
+            problems.append(f"{MODELS_DIR}/{LATEST} -> {latest.name}: {', '.join(err.problems)}")
+    elif rundir.latest.is_file():
+        problems.append(f"{MODELS_DIR}/{LATEST} names a checkpoint folder that does not exist")
+    else:
+        problems.append(f"{MODELS_DIR}/{LATEST} is missing")
+    for r in sorted(rundir.checkpoint_rounds(), reverse=True):
+        ckpt = rundir.checkpoint(r)
+        if latest is not None and ckpt.resolve() == latest.resolve():
+            continue
+        try:
+            verify_checkpoint(ckpt)
+        except CheckpointError as err:
+            problems.append(f"{ckpt.name}: {', '.join(err.problems)}")
+            continue
+        return ResumePoint(ckpt, _round_of(ckpt), fallback="; ".join(problems))
+    lines = "\n".join(f"  - {p}" for p in problems)
+    raise RunDirError(
+        f"{rundir.root} has no complete checkpoint, so there is nothing to resume from:\n"
+        f"{lines}\nStart a new run (checkpoint.interval sets how often checkpoints are "
+        "written)."
+    )
+
+
+def _round_of(ckpt: Path) -> int:
+    return read_manifest(ckpt).round
 
 
 def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
@@ -124,8 +155,12 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
             difference), the run already completed all its rounds, or ``rounds`` is not
             beyond the checkpoint.
         RunDirError: No usable checkpoint.
+        RunOwnedError: Another live process owns the run (nothing is changed).
     """
+    owner = claim(rundir.root)  # refused while the owner lives; taken over once it is gone
     point = find_resume_point(rundir)
+    if owner.previous is not None:
+        point = replace(point, previous_owner=owner.previous.describe())
     old = read_json(rundir.config_json)
     new = config.model_dump(mode="json")
     breaking, safe = config_differences(old, new)
@@ -150,6 +185,7 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
         shutil.rmtree(tmp, ignore_errors=True)  # partial writes of a killed run
     entry = ResumeEntry(at=time.time(), from_round=point.server_round,
                         checkpoint=point.checkpoint.name, previous_status=run.status,
+                        fallback=point.fallback, previous_owner=point.previous_owner,
                         config_changes=safe, superseded_files=moved)
     if safe:
         sdir = rundir.superseded(k)

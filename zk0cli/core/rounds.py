@@ -13,7 +13,7 @@ The ServerApp's ``evaluate_fn`` (:class:`zk0cli.flower.server_app.RoundHook`) as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zk0cli.core.config import RunConfig
@@ -44,6 +44,7 @@ class RoundPolicy:
     failed_streak: int = 0
     aggregated_rounds: int = 0
     changed_since_checkpoint: bool = False
+    failure_causes: list[str] = field(default_factory=list)  # "round N: why", per failed round
 
     def __post_init__(self) -> None:
         if self.round_offset:
@@ -62,14 +63,17 @@ class RoundPolicy:
         """Whether ``server_round`` is the run's last round."""
         return server_round == self.config.federation.rounds
 
-    def observe(self, server_round: int, *, aggregated: bool) -> None:
-        """Record whether ``server_round`` aggregated a client update."""
+    def observe(self, server_round: int, *, aggregated: bool,
+                outcome: RoundOutcome | None = None) -> None:
+        """Record whether ``server_round`` aggregated a client update, and why not."""
         if aggregated:
             self.changed_since_checkpoint = True
             self.aggregated_rounds += 1
             self.failed_streak = 0
         elif server_round > 0:
             self.failed_streak += 1
+            cause = no_aggregation_cause(outcome, self.config.federation.min_clients)
+            self.failure_causes.append(f"round {server_round}: {cause}")
 
     def should_evaluate(self, server_round: int) -> bool:
         """Every ``eval.frequency`` rounds and after the last one."""
@@ -97,11 +101,11 @@ class RoundPolicy:
         """
         fed = self.config.federation
         if self.failed_streak >= fed.max_failed_rounds:
+            causes = "; ".join(self.failure_causes[-self.failed_streak:])
             raise FederationError(
-                f"{self.failed_streak} consecutive rounds without an aggregated update "
-                f"(federation.max_failed_rounds = {fed.max_failed_rounds}): "
-                f"{no_aggregation_cause(outcome, fed.min_clients)}. The last global model is "
-                f"kept. {_FAILURES_HINT}"
+                f"{self.failed_streak} consecutive rounds without a new global model "
+                f"(federation.max_failed_rounds = {fed.max_failed_rounds}): {causes}. The last "
+                f"global model is kept. {_FAILURES_HINT}"
             )
         if self.is_last(server_round) and self.aggregated_rounds == 0:
             raise FederationError(

@@ -161,7 +161,7 @@ def make_node_keys(directory: Path, index: int) -> NodeKeys:
 
 
 def make_certificates(out: Path, *, hosts: Sequence[str], nodes: int = 0,
-                      days: int = 365) -> CertBundle:
+                      days: int = 365, keep_ca_key: bool = True) -> CertBundle:
     """Write a CA, a SuperLink server certificate and ``nodes`` SuperNode key pairs.
 
     Args:
@@ -170,6 +170,9 @@ def make_certificates(out: Path, *, hosts: Sequence[str], nodes: int = 0,
             ``127.0.0.1`` are added.
         nodes: SuperNode key pairs to make (``node-1`` ... ``node-N``).
         days: Validity of the certificates, in days.
+        keep_ca_key: Write ``ca.key`` (needed to sign more certificates later). A
+            throwaway CA (the local trial's) passes ``False``: its private key then only
+            ever lives in this process's memory, and no hard exit can leave it on disk.
 
     Returns:
         The paths written.
@@ -232,8 +235,9 @@ def make_certificates(out: Path, *, hosts: Sequence[str], nodes: int = 0,
     pem = serialization.Encoding.PEM
     pkcs8 = serialization.PrivateFormat.PKCS8
     _write(tls.ca_cert, ca_cert.public_bytes(pem), private=False)
-    _write(out / CA_KEY, ca_key.private_bytes(pem, pkcs8, serialization.NoEncryption()),
-           private=True)
+    if keep_ca_key:
+        _write(out / CA_KEY, ca_key.private_bytes(pem, pkcs8, serialization.NoEncryption()),
+               private=True)
     _write(tls.server_cert, srv_cert.public_bytes(pem), private=False)
     _write(tls.server_key, srv_key.private_bytes(pem, pkcs8, serialization.NoEncryption()),
            private=True)

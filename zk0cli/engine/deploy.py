@@ -42,23 +42,20 @@ from zk0cli.engine.deploy_options import (
 )
 from zk0cli.engine.flwr_proc import (
     FlowerHome,
-    InterruptGuard,
     flower_bin,
     flower_env,
     flwr_command,
     free_port,
-    kill_tree_now,
     make_app_dir,
-    reap_survivors,
     register_node,
     start_process,
-    stop_run,
     stop_tree,
     submit_run,
     tail,
     wait_for_port,
 )
-from zk0cli.engine.runs import ProgressFn, follow_run, mark_interrupted
+from zk0cli.engine.runs import ProgressFn
+from zk0cli.engine.supervisor import Supervisor
 from zk0cli.errors import FederationError, NodeRefusedError, SuperLinkConnectionError, UsageError
 from zk0cli.log import logger
 
@@ -267,7 +264,7 @@ def register_public_keys(conn: ConnectionOptions, keys: Sequence[Path], *, home:
 def run_deployment(config: RunConfig, rundir: RunDir, *, superlink: str,
                    root_certificates: Path | None, on_progress: ProgressFn | None = None,
                    on_command: CommandFn | None = None, is_alive: Callable[[], bool] | None
-                   = None) -> str:
+                   = None, supervisor: Supervisor | None = None) -> str:
     """Submit the zk0 app to a deployment SuperLink and follow it; returns the final status.
 
     Args:
@@ -278,6 +275,8 @@ def run_deployment(config: RunConfig, rundir: RunDir, *, superlink: str,
         on_progress: Called about once a second with the run's progress.
         on_command: Receives every Flower command line run.
         is_alive: Extra liveness check (a local SuperLink process).
+        supervisor: The owner of the run when the caller started processes for it (a
+            local trial); ``None``: this call owns the run.
 
     Raises:
         SuperLinkConnectionError: Unreachable SuperLink or TLS mismatch.
@@ -287,10 +286,14 @@ def run_deployment(config: RunConfig, rundir: RunDir, *, superlink: str,
     conn = ConnectionOptions(superlink=superlink, root_certificates=root_certificates,
                              insecure=root_certificates is None)
     probe_superlink(conn)
+    if supervisor is None:
+        with Supervisor(rundir) as sup:
+            return run_deployment(config, rundir, superlink=superlink,
+                                  root_certificates=root_certificates, on_progress=on_progress,
+                                  on_command=on_command, is_alive=is_alive, supervisor=sup)
     work = Path(tempfile.mkdtemp(prefix="zk0-train-"))
     home = FlowerHome(work / "flwr_home", superlink, root_certificates)
     home.write()
-    run_id: int | None = None
     try:
         app_dir = make_app_dir(work / "app")
         run_config = {K.RUN_CONFIG_PATH_KEY: str(rundir.config_json),
@@ -299,16 +302,11 @@ def run_deployment(config: RunConfig, rundir: RunDir, *, superlink: str,
                 " ".join(f'{k}="{v}"' for k, v in run_config.items())]
         _announce(flwr_command(args, home), on_command)
         run_id = submit_run(home, app_dir, run_config=run_config)
+        supervisor.submitted(home, run_id)
         rundir.update_run(flower_run_id=str(run_id), superlink=superlink,
                           tls=root_certificates is not None)
         logger.info("submitted Flower run %s to the SuperLink at %s", run_id, superlink)
-        return follow_run(rundir, home, run_id, config, on_progress=on_progress,
-                          is_alive=is_alive)
-    except KeyboardInterrupt:
-        if run_id is not None:
-            stop_run(home, run_id)
-        mark_interrupted(rundir)
-        raise
+        return supervisor.follow(config, on_progress=on_progress, is_alive=is_alive)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -357,52 +355,48 @@ def run_local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, 
     """
     work = Path(tempfile.mkdtemp(prefix="zk0-trial-"))
     logs = rundir.logs_dir
-    procs: list[subprocess.Popen[Any]] = []
-    with InterruptGuard(lambda: kill_tree_now(procs)):  # a second Ctrl-C kills at once
-        return _local_trial(config, rundir, opts, work, logs, procs,
-                            on_progress=on_progress, on_command=on_command)
+    try:
+        with Supervisor(rundir, cleanup=[work]) as sup:
+            return _local_trial(config, rundir, opts, work, logs, sup,
+                                on_progress=on_progress, on_command=on_command)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, work: Path,
-                 logs: Path, procs: list[subprocess.Popen[Any]], *,
+                 logs: Path, sup: Supervisor, *,
                  on_progress: ProgressFn | None, on_command: CommandFn | None) -> str:
-    """The body of :func:`run_local_trial`; every process started is appended to ``procs``."""
-    try:
-        tls: TlsFiles | None = None
-        if not opts.insecure:
-            tls = TlsFiles.in_dir(opts.tls_dir) if opts.tls_dir else \
-                make_certificates(work / "certs", hosts=["localhost"]).tls
-        keys: list[Path | None] = [None] * opts.nodes
-        if opts.auth:
-            keys = [_node_key(opts.tls_dir, work / "certs", i) for i in range(1, opts.nodes + 1)]
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        nodes = local_node_options(config, superlink=address, tls=tls, keys=keys)
-        sl_opts = SuperLinkOptions(host="127.0.0.1", port=port, tls_dir=opts.tls_dir or
-                                   (work / "certs" if tls else None), insecure=tls is None,
-                                   auth=opts.auth)
-        superlink = start_superlink(sl_opts, work=work, log_path=rundir.superlink_log,
-                                    on_command=on_command)
-        procs.append(superlink)
-        if opts.auth:
-            conn = ConnectionOptions(superlink=address, root_certificates=tls.ca_cert if tls
-                                     else None, insecure=tls is None)
-            register_public_keys(conn, [node_key_paths(Path(k).parent, i + 1).public_key
-                                        for i, k in enumerate(keys) if k is not None],
-                                 home=work / "admin_home", on_command=on_command)
-        for i, node in enumerate(nodes):
-            procs.append(start_supernode(node, log_path=rundir.supernode_log(i),
-                                         home=work / f"node_{i}" / "flwr_home",
-                                         on_command=on_command, settle_s=0.5))
-        return run_deployment(config, rundir, superlink=address,
-                              root_certificates=tls.ca_cert if tls else None,
-                              on_progress=on_progress, on_command=on_command,
-                              is_alive=lambda: superlink.poll() is None)
-    finally:
-        for proc in reversed(procs):  # nodes first, then the SuperLink
-            stop_tree(proc)
-        reap_survivors()
-        shutil.rmtree(work, ignore_errors=True)
+    """The body of :func:`run_local_trial`; every process started is adopted by ``sup``."""
+    tls: TlsFiles | None = None
+    if not opts.insecure:
+        tls = TlsFiles.in_dir(opts.tls_dir) if opts.tls_dir else \
+            make_certificates(work / "certs", hosts=["localhost"], keep_ca_key=False).tls
+    keys: list[Path | None] = [None] * opts.nodes
+    if opts.auth:
+        keys = [_node_key(opts.tls_dir, work / "certs", i) for i in range(1, opts.nodes + 1)]
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    nodes = local_node_options(config, superlink=address, tls=tls, keys=keys)
+    sl_opts = SuperLinkOptions(host="127.0.0.1", port=port, tls_dir=opts.tls_dir or
+                               (work / "certs" if tls else None), insecure=tls is None,
+                               auth=opts.auth)
+    superlink = start_superlink(sl_opts, work=work, log_path=rundir.superlink_log,
+                                on_command=on_command)
+    sup.adopt(superlink)
+    if opts.auth:
+        conn = ConnectionOptions(superlink=address, root_certificates=tls.ca_cert if tls
+                                 else None, insecure=tls is None)
+        register_public_keys(conn, [node_key_paths(Path(k).parent, i + 1).public_key
+                                    for i, k in enumerate(keys) if k is not None],
+                             home=work / "admin_home", on_command=on_command)
+    for i, node in enumerate(nodes):
+        sup.adopt(start_supernode(node, log_path=rundir.supernode_log(i),
+                                  home=work / f"node_{i}" / "flwr_home",
+                                  on_command=on_command, settle_s=0.5))
+    return run_deployment(config, rundir, superlink=address,
+                          root_certificates=tls.ca_cert if tls else None,
+                          on_progress=on_progress, on_command=on_command,
+                          is_alive=lambda: superlink.poll() is None, supervisor=sup)
 
 
 def _node_key(tls_dir: Path | None, fresh_dir: Path, index: int) -> Path:

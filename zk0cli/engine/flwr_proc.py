@@ -180,18 +180,10 @@ def reap_survivors(*, grace_s: float = 5.0) -> int:
     """
     import psutil
 
+    from zk0cli.engine.watchdog import token_processes
+
     def survivors() -> list[psutil.Process]:
-        found = []
-        for p in psutil.process_iter(["pid"]):
-            if p.info["pid"] == os.getpid():
-                continue
-            try:
-                if p.environ().get(PROCESS_TOKEN_ENV) == PROCESS_TOKEN and \
-                        p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
-        return found
+        return token_processes(PROCESS_TOKEN)
 
     deadline = time.monotonic() + grace_s
     left = survivors()
@@ -332,7 +324,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class InterruptGuard:
-    """First Ctrl-C or SIGTERM: ``KeyboardInterrupt`` (clean stop); second: kill now.
+    """First Ctrl-C, SIGTERM or SIGHUP: ``KeyboardInterrupt`` (clean stop); second: kill now.
+
+    SIGHUP (the terminal or ssh session went away) is handled like the first Ctrl-C, so a
+    dropped connection stops the run cleanly and marks it ``interrupted``.
 
     Args:
         kill_now: Called on the second signal before exiting with 130; must not block
@@ -359,7 +354,7 @@ class InterruptGuard:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._saved[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from zk0cli.core.contract import LATEST, MODELS_DIR
 from zk0cli.core.rundir import RunDir
 from zk0cli.errors import UsageError
 
@@ -149,10 +150,28 @@ def open_resume(req: RunRequest, ui: RunDisplay) -> tuple[RunDir, RunConfig]:
     from zk0cli.core.tracking import require_trackers
 
     require_trackers(cfg.tracking)  # before prepare_resume moves any file
+    _check_resources(cfg, ui, simulation=req.command != "train")
     point = prepare_resume(rundir, cfg)
+    if point.previous_owner:
+        ui.info(f"taking over {rundir.root}: its owner ({point.previous_owner}) is gone")
+    if point.fallback:
+        ui.info(f"{MODELS_DIR}/{LATEST} is not usable ({point.fallback}); using the newest "
+                f"intact checkpoint, {point.checkpoint.name}")
     ui.info(f"resuming {rundir.root} after round {point.server_round} "
             f"({point.checkpoint.name})")
     return rundir, cfg
+
+
+def _check_resources(cfg: RunConfig, ui: RunDisplay, *, simulation: bool) -> None:
+    """Pre-flight: this machine can run ``cfg`` (before any process starts or file moves).
+
+    Raises:
+        UsageError: Too many CPUs per client, or CUDA required and absent.
+    """
+    from zk0cli.engine.preflight import check_resources
+
+    for warning in check_resources(cfg, simulation=simulation):
+        ui.info(f"warning: {warning}")
 
 
 def _config_and_run(req: RunRequest, ui: RunDisplay) -> tuple[RunDir | None, RunConfig]:
@@ -194,14 +213,14 @@ def simulate(req: RunRequest, ui: RunDisplay, *, config: RunConfig | None = None
     check_request(req)
     rundir, cfg = (None, config) if config is not None and req.resume is None \
         else _config_and_run(req, ui)
+    if rundir is None:
+        _check_resources(cfg, ui, simulation=True)
     with ui.status("preparing datasets...") as update:
         prepare_datasets(cfg, on_dataset=lambda n: update(f"preparing dataset {n}..."))
     rundir = _create(req, cfg, rundir, "simulation")
     par = parallelism(cfg)
     ui.info(f"run directory: {rundir.root}")
-    ui.info(f"{cfg.num_clients} clients, {cfg.federation.rounds} round(s); "
-            f"{par.parallel_clients} client(s) in parallel "
-            f"({par.cpus_per_client:g} CPU each of {par.cpus})")
+    ui.info(f"{cfg.num_clients} clients, {cfg.federation.rounds} round(s); {par.describe()}")
     run = rundir
     status = ui.follow(cfg, run, lambda on_progress: run_simulation(
         cfg, run, on_progress=on_progress))
@@ -245,6 +264,8 @@ def train(req: RunRequest, target: TrainTarget, ui: RunDisplay, *,
         from zk0cli.engine.prepare import prepare_datasets
 
         rundir, cfg = _config_and_run(req, ui)
+        if rundir is None:
+            _check_resources(cfg, ui, simulation=False)
         with ui.status("preparing datasets..."):
             prepare_datasets(cfg)
         run = _create(req, cfg, rundir, "deployment")
@@ -259,6 +280,8 @@ def train(req: RunRequest, target: TrainTarget, ui: RunDisplay, *,
     conn = target.connection
     assert conn is not None
     fresh = load_config(req) if req.resume is None else None
+    if fresh is not None:
+        _check_resources(fresh, ui, simulation=False)
     D.probe_superlink(conn)  # before a run directory exists or is changed
     rundir, cfg = (None, fresh) if fresh is not None else open_resume(req, ui)
     with ui.status("preparing the server's datasets..."):

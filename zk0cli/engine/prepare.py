@@ -7,8 +7,10 @@ Flower clients, so that parallel clients never race to generate the same data.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from zk0cli.core.config import RunConfig
+from zk0cli.errors import DatasetError
 from zk0cli.log import logger
 
 
@@ -22,7 +24,8 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
     Raises:
         DatasetError: A dataset cannot be opened (missing root, wrong version, offline Hub),
             a client's partition would be empty (``data.heldout_episodes`` too large, more
-            clients than episodes), or ``data.video_backend`` cannot load.
+            clients than episodes), ``data.video_backend`` cannot load, or its frames are
+            unusable (:func:`check_local_dataset`).
     """
     from zk0cli.core import data as D
 
@@ -35,8 +38,29 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
         if on_dataset:
             on_dataset(spec.name)
         ref = D.resolve_dataset(spec, config.data.sim)
-        D.load_metadata(ref)
+        meta = D.load_metadata(ref)
+        check_local_dataset(ref.name, Path(meta.root), float(meta.fps))
         names.append(ref.name)
         logger.info("dataset ready: %s (%s)", ref.name, ref.root or ref.repo_id)
     D.client_partitions(config)  # every client's share is non-empty, before any process starts
     return names
+
+
+def check_local_dataset(name: str, root: Path, fps: float) -> None:
+    """Check the frames of a dataset present on this machine before round 1.
+
+    Timestamps must increase by ``1 / fps`` within LeRobot's tolerance in every episode,
+    and state/action values must be finite (:func:`zk0cli.core.checks.check_dataset`).
+    A dataset whose frames are not downloaded yet (Hub metadata only) is skipped; its
+    site checks it as it joins.
+
+    Raises:
+        DatasetError: Naming the dataset and every offending episode id (exit 2).
+    """
+    from zk0cli.core.checks import check_dataset, describe
+
+    if not any((root / "data").glob("*/*.parquet")):
+        return
+    problems = check_dataset(root, fps)
+    if problems:
+        raise DatasetError(describe(name, problems))

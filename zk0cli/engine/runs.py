@@ -15,7 +15,9 @@ from pathlib import Path
 
 from zk0cli.core.config import RunConfig, config_to_json
 from zk0cli.core.contract import FINAL_STATUSES, RunRecord
-from zk0cli.core.rundir import RunDir, check_new_dir
+from zk0cli.core.diskfull import reserve
+from zk0cli.core.owner import claim
+from zk0cli.core.rundir import RunDir, check_new_dir, read_server_round
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
 from zk0cli.errors import FederationError, RunDirError
 from zk0cli.flower.progress import live_progress
@@ -59,6 +61,8 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
         command: The zk0 command, recorded in ``run.json``.
         engine: ``simulation`` or ``deployment``.
 
+    The calling process becomes the run's owner (:func:`zk0cli.core.owner.claim`).
+
     Raises:
         RunDirError: ``out`` already exists (nothing is overwritten).
     """
@@ -67,6 +71,8 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
         rundir = RunDir.create(out.parent, name=out.name)
     else:
         rundir = RunDir.create(config.output_root)
+    claim(rundir.root)  # this process owns the run from its first file on
+    reserve(rundir)  # room for the final run.json even if the disk fills up
     rundir.config_json.write_text(config_to_json(config) + "\n", encoding="utf-8")
     rundir.update_run(status="running", command=command, engine=engine, seed=config.seed,
                       rounds_planned=config.federation.rounds, rounds_completed=0,
@@ -161,4 +167,57 @@ def mark_interrupted(rundir: RunDir) -> None:
     run = _safe(rundir.run_record) or RunRecord()
     if run.status not in ("completed", "failed"):
         rundir.update_run(status="interrupted", ended_at=time.time(),
-                          error="interrupted by the user (Ctrl-C / SIGTERM)")
+                          error="interrupted (Ctrl-C, SIGTERM or SIGHUP)")
+
+
+def client_failure_shares(rundir: RunDir, rounds: int) -> dict[str, tuple[int, list[str]]]:
+    """Per client: the training rounds (1..``rounds``) it failed in, and the reasons.
+
+    Read from the server round files (``failures`` of each round).
+
+    Returns:
+        ``{client_id: (rounds failed, [reason, ...])}`` for clients that failed at least once.
+    """
+    out: dict[str, tuple[int, list[str]]] = {}
+    for r in range(1, rounds + 1):
+        record = _safe(lambda r=r: read_server_round(rundir, r))
+        if record is None:
+            continue
+        seen: set[str] = set()
+        for f in record.failures:
+            if f.client_id in seen:
+                continue
+            seen.add(f.client_id)
+            n, reasons = out.get(f.client_id, (0, []))
+            out[f.client_id] = (n + 1, [*reasons, f"round {r}: {f.reason}"])
+    return out
+
+
+def apply_client_failure_policy(rundir: RunDir, config: RunConfig, status: str) -> str:
+    """Fail a completed run whose clients failed too often; record the failures either way.
+
+    A client that failed in more than ``federation.max_client_failure_rate`` of the
+    training rounds ends the run ``failed`` (the error names each such client, its share
+    and its reasons); below the limit ``run.json`` ``client_failures`` lists them for the
+    summary and ``zk0 analyze-run``.
+
+    Returns:
+        The final status (``status``, or ``failed``).
+    """
+    if status != "completed":
+        return status
+    rounds = config.federation.rounds
+    shares = client_failure_shares(rundir, rounds)
+    if not shares:
+        return status
+    limit = config.federation.max_client_failure_rate
+    lines = {cid: f"client {cid} failed in {n} of {rounds} round(s) ({n / rounds:.0%}): "
+             + "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
+             for cid, (n, reasons) in sorted(shares.items())}
+    over = [cid for cid, (n, _) in shares.items() if n / rounds > limit]
+    rundir.update_run(client_failures=list(lines.values()))
+    if not over:
+        return status
+    error = (f"{len(over)} client(s) failed in more than federation.max_client_failure_rate "
+             f"= {limit:g} of the rounds: " + " | ".join(lines[c] for c in sorted(over)))
+    return _fail(rundir, error)

@@ -21,11 +21,15 @@ from flwr.clientapp import ClientApp
 
 from zk0cli import constants as K
 from zk0cli.core.config import DatasetSpec, RunConfig
+from zk0cli.flower.actor_restarts import install_in_simulation_runtime
 from zk0cli.flower.common import fault_for, run_config_of
 from zk0cli.log import logger, quiet_libraries
 
 app = ClientApp()
 quiet_libraries()  # this module is the ClientApp's entry point (loaded by Flower)
+
+# In Flower's simulation runtime, dead Ray workers are replaced (zk0cli.flower.actor_restarts).
+install_in_simulation_runtime()
 
 
 @dataclass

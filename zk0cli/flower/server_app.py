@@ -56,7 +56,7 @@ class RoundHook:
         aggregated = outcome is not None and outcome.aggregated
         if aggregated:
             self.evaluator.set_global(from_array_record(arrays))
-        policy.observe(run_round, aggregated=aggregated)
+        policy.observe(run_round, aggregated=aggregated, outcome=outcome)
         server_eval = None
         if policy.should_evaluate(run_round):
             from zk0cli.flower.progress import write_phase
@@ -192,6 +192,12 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_server(grid, cfg, rundir, recorder)
     except BaseException as err:
+        from zk0cli.core.diskfull import disk_full_error, is_disk_full, record_failure
+
+        if is_disk_full(err):  # no traceback for a full disk: zk0's message, run failed
+            record_failure(rundir, str(disk_full_error(rundir.root, err)))
+            logger.error("federation failed: %s", disk_full_error(rundir.root, err))
+            raise disk_full_error(rundir.root, err) from None
         recorder.finish("failed", error=f"{type(err).__name__}: {err}")
         logger.exception("federation failed")
         raise

@@ -37,6 +37,7 @@ def query_stats(grid: Any, cfg: RunConfig) -> str | None:
     Returns:
         The merged sufficient statistics as JSON, or ``None`` when no client answered.
     """
+    from zk0cli.core.checks import non_finite_stats
     from zk0cli.core.stats import merge_sums, sums_from_json, sums_to_json
     from zk0cli.core.strategy import wait_for_nodes
 
@@ -59,9 +60,16 @@ def query_stats(grid: Any, cfg: RunConfig) -> str | None:
                            info.get(K.ERROR, "no statistics in the reply"))
             continue
         try:
-            parts.append(sums_from_json(str(info[K.STATS_KEY])))
+            part = sums_from_json(str(info[K.STATS_KEY]))
         except ValueError as err:
             logger.warning("statistics: client %s: %s", info.get(K.CLIENT_ID, node), err)
+            continue
+        bad = non_finite_stats(part)
+        if bad:  # one site's NaN would poison every site's normalisation
+            logger.warning("statistics: client %s left out of the merge: non-finite "
+                           "statistics for %s", info.get(K.CLIENT_ID, node), ", ".join(bad))
+            continue
+        parts.append(part)
     if not parts:
         logger.warning("statistics: no client answered; every client keeps its own "
                        "normalisation statistics")

@@ -163,6 +163,10 @@ class ResumeEntry(_Record):
     from_round: int = Field(description="Checkpoint round the run continued after.")
     checkpoint: str = Field(description="Name of the checkpoint directory resumed from.")
     previous_status: str | None = Field(None, description="run.json status before the resume.")
+    fallback: str | None = Field(
+        None, description="Why models/latest was not used (the newest intact checkpoint was).")
+    previous_owner: str | None = Field(
+        None, description="The dead owner process this resume took over from, if any.")
     config_changes: list[str] = Field(
         default_factory=list, description="Safe configuration changes, `path: old -> new`.")
     superseded_files: int = Field(
@@ -209,6 +213,9 @@ class RunRecord(_Record):
         default_factory=list, description="One entry per `--resume`.")
     resume: ResumeFrom | None = Field(
         None, description="Where the current (resumed) process started.")
+    client_failures: list[str] = Field(
+        default_factory=list, description="Clients that failed in some rounds, below "
+        "`federation.max_client_failure_rate`: one line per client with its share and reasons.")
     tracking: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Tracker name -> what the tracker recorded "
         "(e.g. the W&B run id, mode and sync command); see docs/tracking.md.")
