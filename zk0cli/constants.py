@@ -58,3 +58,12 @@ QUIET_ENV: Final = {
 STATS_ACTION: Final = "stats"  # ClientApp query action: message type "query.stats"
 STATS_KEY: Final = "zk0-stats"  # JSON sufficient statistics (query reply; merged, train config)
 IMAGE_FRAMES_KEY: Final = "image-frames"  # query config: frames sampled for camera statistics
+
+# --- strategies (issue 18) -------------------------------------------------------------------
+STRATEGY_FEDAVG: Final = "fedavg"
+STRATEGY_FEDPROX: Final = "fedprox"
+STRATEGY_FEDAVGM: Final = "fedavgm"
+STRATEGY_FEDADAM: Final = "fedadam"
+STRATEGY_FEDYOGI: Final = "fedyogi"
+STRATEGY_FEDADAGRAD: Final = "fedadagrad"
+SERVER_OPTIMIZER_FILE: Final = "server_optimizer.safetensors"  # in each checkpoint folder

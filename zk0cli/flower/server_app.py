@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from zk0cli.core.config import RunConfig
 from zk0cli.core.recorder import RunRecorder
 from zk0cli.core.rundir import RunDir
+from zk0cli.core.server_opt import client_mu, from_federation
 from zk0cli.errors import FederationError
 from zk0cli.flower.common import run_config_of
 from zk0cli.log import logger
@@ -85,6 +86,7 @@ class RoundHook:
         from zk0cli.core.card import build_model_card
         from zk0cli.core.checkpoint import MODEL_CARD, write_checkpoint
         from zk0cli.core.policy import save_bundle
+        from zk0cli.core.server_opt import save_state
 
         metrics = {k: round_file[k] for k in ("round", "server_eval",
                                               "client_aggregated_training_metrics")}
@@ -93,12 +95,14 @@ class RoundHook:
             build_model_card(self.rundir.root, checkpoint_round=server_round).save(
                 directory / MODEL_CARD)
 
+        server_opt = getattr(self.strategy, "server_optimizer", None)
         previous = self.rundir.latest_checkpoint()
         need = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) \
             if previous else 0
         try:
             write_checkpoint(self.rundir, server_round,
-                             save_policy=lambda d: save_bundle(self.evaluator.bundle, d),
+                             save_policy=lambda d: (save_bundle(self.evaluator.bundle, d),
+                                                    save_state(server_opt, d)),
                              metrics=metrics, write_card=card, min_free_bytes=need)
         except OSError as err:
             kept = previous.name if previous else "none"
@@ -156,17 +160,22 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     evaluator.set_global(from_array_record(initial_arrays))  # what clients get (bf16-rounded)
     strategy = Zk0FedProx(
         expected=specs_of(initial),
-        proximal_mu=fed.proximal_mu,
+        proximal_mu=client_mu(fed),
         lr_for_round=lr_schedule(cfg),
-        mu_for_round=mu_schedule(cfg),
+        mu_for_round=None if fed.strategy == K.STRATEGY_FEDAVG else mu_schedule(cfg),
         steps=cfg.training.steps_per_round,
         fraction_train=fed.fraction_train,
         min_train_nodes=fed.min_clients,
         min_available_nodes=fed.min_clients,
         node_wait_timeout_s=fed.node_wait_timeout_s,
         transport_dtype=fed.transport_dtype,
+        server_optimizer=from_federation(fed),
     )
     strategy.round_offset = offset
+    if offset:
+        from zk0cli.core.server_opt import load_state
+
+        load_state(strategy.server_optimizer, Path(resume["checkpoint"]))
     strategy.prior_losses = recorded_client_losses(rundir, up_to=offset)
     train_config = ConfigRecord()
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
