@@ -10,6 +10,7 @@ the round's files (:class:`~zk0cli.core.recorder.RunRecorder`) and a checkpoint 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -99,10 +100,12 @@ class RoundHook:
         previous = self.rundir.latest_checkpoint()
         need = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) \
             if previous else 0
+        def save(directory: Path) -> None:
+            save_bundle(self.evaluator.bundle, directory)
+            save_state(server_opt, directory)  # the server optimizer's state, if any
+
         try:
-            write_checkpoint(self.rundir, server_round,
-                             save_policy=lambda d: (save_bundle(self.evaluator.bundle, d),
-                                                    save_state(server_opt, d)),
+            write_checkpoint(self.rundir, server_round, save_policy=save,
                              metrics=metrics, write_card=card, min_free_bytes=need)
         except OSError as err:
             kept = previous.name if previous else "none"
@@ -149,8 +152,6 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     resume = rundir.read_run().get("resume") or {}
     offset = int(resume.get("from_round", 0))
     if offset:
-        from pathlib import Path
-
         from zk0cli.core.resume import load_global_tensors
 
         initial = load_global_tensors(Path(resume["checkpoint"]), list(initial))
