@@ -112,3 +112,18 @@ def test_parameters_are_validated():
             FederationConfig(**bad)
     with pytest.raises(ValueError, match="tau > 0"):
         ServerOptimizer(C.STRATEGY_FEDADAM, lr=1.0, tau=0.0)
+
+
+def test_strategy_choice_from_config(tmp_path):
+    from zk0cli.core.config import FederationConfig
+    from zk0cli.core.server_opt import client_mu, from_federation
+
+    assert from_federation(FederationConfig(strategy="fedprox")) is None
+    assert client_mu(FederationConfig(strategy="fedavg", proximal_mu=0.3)) == 0.0
+    assert client_mu(FederationConfig(strategy="fedprox", proximal_mu=0.3)) == 0.3
+    opt = from_federation(FederationConfig(strategy="fedyogi", server_lr=0.02,
+                                           server_tau=1e-4))
+    assert opt is not None and (opt.kind, opt.lr, opt.tau) == ("fedyogi", 0.02, 1e-4)
+    with pytest.raises(FileNotFoundError, match="fedyogi server optimizer"):
+        load_state(opt, tmp_path)  # a checkpoint written without optimizer state
+    load_state(None, tmp_path)  # fedavg/fedprox: nothing to restore
