@@ -127,3 +127,36 @@ def test_strategy_choice_from_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="fedyogi server optimizer"):
         load_state(opt, tmp_path)  # a checkpoint written without optimizer state
     load_state(None, tmp_path)  # fedavg/fedprox: nothing to restore
+
+
+def _run_with_checkpoint(tmp_path, strategy):
+    from zk0cli.core.checkpoint import write_checkpoint
+    from zk0cli.core.config import load_config
+    from zk0cli.core.rundir import RunDir, write_json
+
+    cfg = load_config(preset="tiny", overrides=[f"federation.strategy={strategy}"])
+    rd = RunDir.create(tmp_path, name="run")
+    rd.config_json.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+    rd.update_run(status="interrupted", rounds_completed=1)
+    for r in range(2):
+        write_json(rd.server_eval(r), {"round": r})
+
+    def policy(directory):
+        (directory / "config.json").write_text('{"type": "smolvla"}', encoding="utf-8")
+
+    write_checkpoint(rd, 1, save_policy=policy, metrics={})
+    return rd
+
+
+def test_resume_refuses_a_changed_strategy_or_missing_state(tmp_path):
+    from zk0cli.core.config import load_config
+    from zk0cli.core.resume import prepare_resume
+    from zk0cli.errors import UsageError
+
+    rd = _run_with_checkpoint(tmp_path / "a", "fedprox")
+    with pytest.raises(UsageError, match="federation.strategy was 'fedprox' and is now"):
+        prepare_resume(rd, load_config(preset="tiny", overrides=["federation.strategy=fedadam"]))
+    rd = _run_with_checkpoint(tmp_path / "b", "fedadam")
+    with pytest.raises(UsageError, match="server_optimizer.safetensors"):
+        prepare_resume(rd, load_config(preset="tiny", overrides=["federation.strategy=fedadam"]))
+    assert rd.read_run()["status"] == "interrupted"  # nothing changed

@@ -99,6 +99,26 @@ def find_resume_point(rundir: RunDir) -> ResumePoint:
     return ResumePoint(ckpt, int(manifest["round"]))
 
 
+def _check_strategy(old: Mapping[str, Any], config: RunConfig, point: ResumePoint) -> None:
+    """The strategy may not change, and a server optimizer needs its saved state."""
+    from zk0cli import constants as C
+    from zk0cli.core.server_opt import SERVER_OPTIMIZERS
+
+    was = (old.get("federation") or {}).get("strategy", C.STRATEGY_FEDPROX)
+    now = config.federation.strategy
+    if was != now:
+        raise UsageError(
+            f"Cannot resume {point.checkpoint.parent.parent}: federation.strategy was "
+            f"{was!r} and is now {now!r}; resume with {was!r} or start a new run."
+        )
+    if now in SERVER_OPTIMIZERS and not (point.checkpoint / C.SERVER_OPTIMIZER_FILE).is_file():
+        raise UsageError(
+            f"Cannot resume from {point.checkpoint}: federation.strategy = {now!r} needs the "
+            f"server optimizer's state ({C.SERVER_OPTIMIZER_FILE}) and the checkpoint has "
+            "none; start a new run."
+        )
+
+
 def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
     """Check that ``config`` may continue ``rundir`` and set the run directory up for it.
 
@@ -127,6 +147,7 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
             "fields (rounds, timeouts, training hyper-parameters, evaluation, checkpoint and "
             "logging settings may change), or start a new run."
         )
+    _check_strategy(old, config, point)
     if config.federation.rounds <= point.server_round:
         raise UsageError(
             f"Cannot resume {rundir.root}: its checkpoint is at round {point.server_round} and "
