@@ -1,7 +1,9 @@
+# ruff: noqa  (throwaway probes of issue 18, kept as the evidence in docs/results.md)
 """3 clients (synthetic datasets seeds 1..3), FedAvg of real train_rounds; held-out = seed 9."""
 exec(open("experiments/probes/update_size.py").read().split("base = ")[0])
-from zk0cli.core.transport import WeightedMean
 from zk0cli.core.server_opt import ServerOptimizer
+from zk0cli.core.transport import WeightedMean
+
 cl = []
 for s in (1, 2, 3):
     r_ = write_synthetic_dataset(Path(tempfile.mkdtemp()) / "d", repo_id="zk0test/so101", seed=s)

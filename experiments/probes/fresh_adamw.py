@@ -1,6 +1,6 @@
+# ruff: noqa  (throwaway probes of issue 18, kept as the evidence in docs/results.md)
 """Fresh AdamW per round vs one continued AdamW: one client, real train_round, synthetic data."""
 exec(open("experiments/probes/update_size.py").read().split("base = ")[0])
-from zk0cli.core.transport import WeightedMean
 base = evaluate(b, ho, batches=4, batch_size=4, seed=1)
 for lr, steps, rounds, warm in ((1e-3, 5, 4, 0), (1e-3, 20, 1, 0), (1e-3, 5, 4, 2), (3e-4, 5, 4, 0)):
     g = dict(g0); curve = [base]

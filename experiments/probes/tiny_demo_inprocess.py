@@ -1,14 +1,26 @@
+# ruff: noqa  (throwaway probes of issue 18, kept as the evidence in docs/results.md)
 """Probe: why does the tiny demo's held-out loss rise? In-process, real trainer."""
-import sys, time, torch
+import sys
+import time
+
+import torch
+
 sys.path.insert(0, "experiments")
 from federation_vs_local import MemoryDataset
+
 from zk0cli.core import data as D
-from zk0cli.core.config import DatasetSpec, SimConfig, ModelConfig, TrainingConfig
-from zk0cli.core.stats import compute_sums, merge_sums, to_lerobot_stats
-from zk0cli.core.policy import TINY_CHUNK_SIZE, build_policy, get_trainable_state, set_trainable_state
-from zk0cli.core.trainer import train_round, evaluate
-from zk0cli.core.transport import WeightedMean
+from zk0cli.core.config import DatasetSpec, ModelConfig, SimConfig, TrainingConfig
 from zk0cli.core.data import make_loader
+from zk0cli.core.policy import (
+    TINY_CHUNK_SIZE,
+    build_policy,
+    get_trainable_state,
+    set_trainable_state,
+)
+from zk0cli.core.stats import compute_sums, merge_sums, to_lerobot_stats
+from zk0cli.core.trainer import evaluate, train_round
+from zk0cli.core.transport import WeightedMean
+
 torch.set_num_threads(1)
 sim = SimConfig(episodes=4, height=96, width=128)
 tasks = ["lift", "pick_place", "stack"]
@@ -42,5 +54,6 @@ def run(name, rounds=3, steps=5, lr=1e-3, min_lr=1e-4, warm=0, sched="cosine", s
         g = m; out.append(ev_(g)); cl.append(sum(ls) / len(ls))
     print(f"{name:28s} narrow " + " ".join(f"{a:.3f}" for a, _ in out) + " | wide " + " ".join(f"{b:.3f}" for _, b in out) + " | train " + " ".join(f"{c:.3f}" for c in cl), flush=True)
 import sys
+
 for spec in sys.argv[1:]:
     kw = eval(f"dict({spec})"); t0 = time.time(); run(spec, **kw); print("  ", round(time.time() - t0), "s", flush=True)

@@ -1,12 +1,22 @@
+# ruff: noqa  (throwaway probes of issue 18, kept as the evidence in docs/results.md)
 """Per-round parameter movement of the real client round vs parameter size (tiny SmolVLA)."""
-import tempfile, torch
+import tempfile
 from pathlib import Path
+
+import torch
+
 torch.set_num_threads(1)
-from zk0cli.testing import write_synthetic_dataset
-from zk0cli.core.data import DatasetRef, load_metadata, dataset_stats, open_dataset, make_loader
 from zk0cli.core.config import ModelConfig, TrainingConfig
-from zk0cli.core.policy import build_policy, get_trainable_state, set_trainable_state, TINY_CHUNK_SIZE
-from zk0cli.core.trainer import train_round, evaluate
+from zk0cli.core.data import DatasetRef, dataset_stats, load_metadata, make_loader, open_dataset
+from zk0cli.core.policy import (
+    TINY_CHUNK_SIZE,
+    build_policy,
+    get_trainable_state,
+    set_trainable_state,
+)
+from zk0cli.core.trainer import evaluate, train_round
+from zk0cli.testing import write_synthetic_dataset
+
 root = write_synthetic_dataset(Path(tempfile.mkdtemp()) / "d", repo_id="zk0test/so101")
 ref = DatasetRef(name="zk0test/so101", repo_id="zk0test/so101", root=root)
 meta = load_metadata(ref)
