@@ -90,3 +90,10 @@ OWNER_WATCH_INTERVAL_S: Final = 0.5  # how often the watchdog checks the owner
 OWNER_GONE_BOUND_S: Final = 30.0  # every process of a run is gone this long after its owner
 DISK_RESERVE_FILE: Final = ".disk_reserve"  # run dir: freed for the last run.json write
 SIM_ACTOR_MAX_RESTARTS: Final = -1  # Ray restarts a dead simulated client's actor (unlimited)
+# --- strategies (issue 18) -------------------------------------------------------------------
+STRATEGY_FEDAVG: Final = "fedavg"
+STRATEGY_FEDPROX: Final = "fedprox"
+STRATEGY_FEDAVGM: Final = "fedavgm"
+STRATEGY_FEDADAM: Final = "fedadam"
+STRATEGY_FEDYOGI: Final = "fedyogi"
+STRATEGY_FEDADAGRAD: Final = "fedadagrad"

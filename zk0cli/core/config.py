@@ -227,6 +227,22 @@ class FederationConfig(_Section):
     )
     min_clients: int = Field(1, ge=1, description="Minimum clients to sample and to aggregate.")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx mu; 0 gives FedAvg.")
+    strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = Field(
+        "fedprox", description="Aggregation: `fedprox` (clients' proximal term, weighted "
+        "mean), `fedavg` (fedprox with mu = 0), or a server optimizer on the weighted mean "
+        "(Reddi et al. 2021): `fedavgm` (server_lr, server_momentum), `fedadam`, `fedyogi`, "
+        "`fedadagrad` (server_lr, server_beta_1, server_beta_2, server_tau); clients keep "
+        "proximal_mu with the server optimizers.",
+    )
+    server_lr: float = Field(1.0, gt=0, description="Server learning rate (eta) of the "
+                             "server optimizers.")
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM server momentum.")
+    server_beta_1: float = Field(0.9, ge=0, lt=1, description="FedAdam/FedYogi/FedAdagrad "
+                                 "first-moment decay.")
+    server_beta_2: float = Field(0.99, ge=0, lt=1, description="FedAdam/FedYogi "
+                                 "second-moment decay.")
+    server_tau: float = Field(1e-3, gt=0, description="Adaptivity tau of FedAdam/FedYogi/"
+                              "FedAdagrad (added to the root of the second moment).")
     round_timeout_s: float = Field(
         1800.0, gt=0, description="Seconds the server waits for replies in one round."
     )

@@ -140,6 +140,27 @@ def _round_of(ckpt: Path) -> int:
     return read_manifest(ckpt).round
 
 
+def _check_strategy(old: Mapping[str, Any], config: RunConfig, point: ResumePoint) -> None:
+    """The strategy may not change, and a server optimizer needs its saved state."""
+    from zk0cli import constants as K
+    from zk0cli.core import contract as C
+    from zk0cli.core.server_opt import SERVER_OPTIMIZERS
+
+    was = (old.get("federation") or {}).get("strategy", K.STRATEGY_FEDPROX)
+    now = config.federation.strategy
+    if was != now:
+        raise UsageError(
+            f"Cannot resume {point.checkpoint.parent.parent}: federation.strategy was "
+            f"{was!r} and is now {now!r}; resume with {was!r} or start a new run."
+        )
+    if now in SERVER_OPTIMIZERS and not (point.checkpoint / C.SERVER_OPTIMIZER_FILE).is_file():
+        raise UsageError(
+            f"Cannot resume from {point.checkpoint}: federation.strategy = {now!r} needs the "
+            f"server optimizer's state ({C.SERVER_OPTIMIZER_FILE}) and the checkpoint has "
+            "none; start a new run."
+        )
+
+
 def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
     """Check that ``config`` may continue ``rundir`` and set the run directory up for it.
 
@@ -172,6 +193,7 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
             "fields (rounds, timeouts, training hyper-parameters, evaluation, checkpoint and "
             "logging settings may change), or start a new run."
         )
+    _check_strategy(old, config, point)
     if config.federation.rounds <= point.server_round:
         raise UsageError(
             f"Cannot resume {rundir.root}: its checkpoint is at round {point.server_round} and "
@@ -241,11 +263,13 @@ class ResumeStart:
         offset: Rounds already done (0 for a fresh run).
         tensors: The checkpoint's trainable tensors, or ``None`` for a fresh run.
         prior_losses: Round -> aggregated clients' policy losses of the done rounds.
+        checkpoint: The checkpoint directory resumed from (``None`` for a fresh run).
     """
 
     offset: int = 0
     tensors: dict[str, Any] | None = None
     prior_losses: dict[int, list[float]] | None = None
+    checkpoint: Path | None = None
 
 
 def resume_start(rundir: RunDir, *, names: list[str]) -> ResumeStart:
@@ -267,7 +291,8 @@ def resume_start(rundir: RunDir, *, names: list[str]) -> ResumeStart:
     tensors = load_global_tensors(Path(resume.checkpoint), names)
     logger.info("resuming after round %s from %s", resume.from_round, resume.checkpoint)
     return ResumeStart(resume.from_round, tensors,
-                       recorded_client_losses(rundir, up_to=resume.from_round))
+                       recorded_client_losses(rundir, up_to=resume.from_round),
+                       Path(resume.checkpoint))
 
 
 def recorded_client_losses(rundir: RunDir, *, up_to: int) -> dict[int, list[float]]:

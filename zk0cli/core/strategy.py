@@ -41,6 +41,7 @@ from zk0cli.core.contract import (
     avg_key,
     std_key,
 )
+from zk0cli.core.server_opt import ServerOptimizer
 from zk0cli.core.transport import (
     TensorSpec,
     TransportDtype,
@@ -234,6 +235,7 @@ class Zk0FedProx(FedProx):
         mu_for_round: Callable[[int, Mapping[int, list[float]]], float] | None = None,
         round_offset: int = 0,
         prior_losses: Mapping[int, list[float]] | None = None,
+        server_optimizer: ServerOptimizer | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -259,6 +261,8 @@ class Zk0FedProx(FedProx):
         self._client_ids: dict[int, str] = {}  # node id -> client id it reported
         self.node_wait_timeout_s = node_wait_timeout_s
         self._wait_notes: dict[int, str] = {}
+        self.server_optimizer = server_optimizer
+        self._global: dict[str, Any] | None = None  # the arrays sent this round
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's summary plus zk0's)."""
@@ -276,12 +280,24 @@ class Zk0FedProx(FedProx):
             self.proximal_mu = float(self.mu_for_round(server_round, self.loss_history()))
         config[K.LR_KEY] = float(self.lr_for_round(server_round))
         config[K.STEPS_KEY] = int(self.steps)
+        self._remember_global(arrays)
         if self.node_wait_timeout_s is None:
             messages = list(super().configure_train(server_round, arrays, config, grid))
         else:
             messages = self._configure_train_bounded(server_round, arrays, config, grid)
         self._sent[server_round] = messages  # Flower sets their message ids when sending
         return messages
+
+    def _remember_global(self, arrays: ArrayRecord) -> None:
+        """Keep the global model of this round (the server optimizer's ``x``)."""
+        if self.server_optimizer is not None:
+            self._global = from_array_record(arrays)
+
+    def _server_update(self, mean: dict[str, Any]) -> dict[str, Any]:
+        """The next global model: the mean itself, or the server optimizer's step on it."""
+        if self.server_optimizer is None or self._global is None:
+            return mean
+        return self.server_optimizer.step(self._global, mean)
 
     def loss_history(self) -> dict[int, list[float]]:
         """Round -> policy losses of the clients aggregated in that round.
@@ -365,6 +381,7 @@ class Zk0FedProx(FedProx):
             if problems:
                 note = "aggregated model rejected, previous kept: " + "; ".join(problems)
             else:
+                mean = self._server_update(mean)
                 arrays = to_array_record(mean, transport_dtype=self.transport_dtype)
                 agg = aggregate_client_metrics(reports)
                 metrics = MetricRecord({k: float(v) for k, v in agg.items()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -22,6 +23,7 @@ from zk0cli.core.recorder import RunRecorder
 from zk0cli.core.resume import recorded_client_losses, resume_start  # noqa: F401  (re-export)
 from zk0cli.core.rounds import RoundPolicy, checkpoint_space_needed
 from zk0cli.core.rundir import RunDir
+from zk0cli.core.server_opt import client_mu, from_federation
 from zk0cli.errors import FederationError
 from zk0cli.flower.common import run_config_of
 from zk0cli.log import logger
@@ -80,6 +82,7 @@ class RoundHook:
         from zk0cli.core.checkpoint import write_checkpoint
         from zk0cli.core.contract import MODEL_CARD, CheckpointMetrics
         from zk0cli.core.policy import save_bundle
+        from zk0cli.core.server_opt import save_state
 
         if not isinstance(record, ServerRoundRecord):
             record = ServerRoundRecord.model_validate(record)
@@ -90,10 +93,14 @@ class RoundHook:
             build_model_card(self.rundir.root, checkpoint_round=server_round,
                              checkpoint_dir=directory).save(directory / MODEL_CARD)
 
+        server_opt = getattr(self.strategy, "server_optimizer", None)
         previous = self.rundir.latest_checkpoint()
+        def save(directory: Path) -> None:
+            save_bundle(self.evaluator.bundle, directory)
+            save_state(server_opt, directory)  # the server optimizer's state, if any
+
         try:
-            write_checkpoint(self.rundir, server_round,
-                             save_policy=lambda d: save_bundle(self.evaluator.bundle, d),
+            write_checkpoint(self.rundir, server_round, save_policy=save,
                              metrics=metrics, write_card=card,
                              min_free_bytes=checkpoint_space_needed(previous))
         except OSError as err:
@@ -134,9 +141,9 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     evaluator.set_global(from_array_record(initial_arrays))  # what clients get (bf16-rounded)
     strategy = Zk0FedProx(
         expected=specs_of(initial),
-        proximal_mu=fed.proximal_mu,
+        proximal_mu=client_mu(fed),
         lr_for_round=lr_schedule(cfg),
-        mu_for_round=mu_schedule(cfg),
+        mu_for_round=None if fed.strategy == K.STRATEGY_FEDAVG else mu_schedule(cfg),
         steps=cfg.training.steps_per_round,
         fraction_train=fed.fraction_train,
         min_train_nodes=fed.min_clients,
@@ -145,7 +152,12 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         transport_dtype=fed.transport_dtype,
         round_offset=start.offset,
         prior_losses=start.prior_losses,
+        server_optimizer=from_federation(fed),
     )
+    if start.checkpoint is not None:
+        from zk0cli.core.server_opt import load_state
+
+        load_state(strategy.server_optimizer, start.checkpoint)
     train_config = ConfigRecord()
     # Flower's Grid, reporting each reply as it arrives (server/progress.json)
     grid = cast(Grid, ProgressGrid(grid, rundir.server_dir, round_offset=start.offset))

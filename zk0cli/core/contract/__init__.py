@@ -66,6 +66,7 @@ WEIGHTS_FILE: Final = "model.safetensors"
 PREPROCESSOR_FILE: Final = "policy_preprocessor.json"
 POSTPROCESSOR_FILE: Final = "policy_postprocessor.json"
 MODEL_CARD: Final = "README.md"
+SERVER_OPTIMIZER_FILE: Final = "server_optimizer.safetensors"  # server optimizer state (t, m/, v/)
 METRICS_JSON: Final = "metrics.json"
 MANIFEST_JSON: Final = "manifest.json"
 #: Files LeRobot needs to load a policy directory (the processors' normaliser state files,
