@@ -20,6 +20,7 @@ from zk0cli.core.recorder import RunRecorder
 from zk0cli.core.rundir import RunDir
 from zk0cli.errors import FederationError
 from zk0cli.flower.common import run_config_of
+from zk0cli.flower.streaming import streaming_grid
 from zk0cli.log import logger
 
 app = ServerApp()
@@ -177,7 +178,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
             evaluator.use_stats(merged)
             train_config[K.STATS_KEY] = merged
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
-    strategy.start(grid=grid, initial_arrays=initial_arrays,
+    strategy.start(grid=streaming_grid(grid), initial_arrays=initial_arrays,
                    num_rounds=fed.rounds - offset, timeout=fed.round_timeout_s,
                    train_config=train_config, evaluate_fn=hook)
 
