@@ -22,8 +22,9 @@ from flwr.app import Message
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
 
-#: Seconds between two looks for the replies still missing (Flower's HttpGrid waits 3 s).
-PULL_INTERVAL_S = 0.5
+#: Seconds between two looks for missing replies when the grid names none: Flower's
+#: ``HttpGrid`` (deployment) waits 3 s; ``InMemoryGrid`` (simulation) has ``pull_interval``.
+PULL_INTERVAL_S = 3.0
 
 
 class StreamingGrid:
@@ -33,11 +34,15 @@ class StreamingGrid:
 
     Args:
         grid: The Flower ``Grid`` the ServerApp was given.
-        pull_interval_s: Seconds between two polls for missing replies.
+        pull_interval_s: Seconds between two polls for missing replies; by default the
+            grid's own ``pull_interval`` (0.1 s in simulation), else
+            :data:`PULL_INTERVAL_S`, as Flower's ``send_and_receive`` would wait.
     """
 
-    def __init__(self, grid: Any, *, pull_interval_s: float = PULL_INTERVAL_S) -> None:
+    def __init__(self, grid: Any, *, pull_interval_s: float | None = None) -> None:
         self._grid = grid
+        if pull_interval_s is None:
+            pull_interval_s = float(getattr(grid, "pull_interval", PULL_INTERVAL_S))
         self.pull_interval_s = pull_interval_s
 
     def __getattr__(self, name: str) -> Any:
