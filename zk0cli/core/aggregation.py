@@ -61,17 +61,13 @@ class SpilledReplies:
         """Write one reply's tensors to disk.
 
         Args:
-            key: Sort key of the reply (``(zero-padded client id, node id)``); unique.
+            key: Sort key of the reply (``(zero-padded client id, node id)``); replies
+                with equal keys (not expected: one message per node) keep arrival order.
             tensors: Name -> CPU tensor (any dtype safetensors stores).
             weight: Aggregation weight (``num-examples``), > 0.
-
-        Raises:
-            ValueError: ``key`` was added before.
         """
         from safetensors.torch import save_file
 
-        if any(item.key == key for item in self._items):
-            raise ValueError(f"reply {key} was added twice")
         path = self.root / f"{len(self._items):06d}.safetensors"
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
         self._items.append(_Spilled(key, path, float(weight)))
@@ -80,7 +76,7 @@ class SpilledReplies:
         """Yield ``(tensors, weight)`` for each reply in key order, loading one at a time."""
         from safetensors.torch import load_file
 
-        for item in sorted(self._items, key=lambda i: i.key):
+        for item in sorted(self._items, key=lambda i: i.key):  # stable
             yield load_file(str(item.path)), item.weight
 
     def close(self) -> None:
