@@ -7,9 +7,14 @@ the full-size trainable tensors (random values, bf16 on the wire) handed to the 
 
 * ``stream``: replies arrive one at a time (a generator), as zk0's aggregation reads them;
   the server's memory is the running float64 sum, whatever the number of clients.
-* ``held``: all N replies are built first and handed over as a list, as Flower's ``Grid``
-  delivers them today: the encoded replies themselves (~0.2 GB each in bf16) are then in
-  memory together, before aggregation starts.
+* ``held``: all N replies are built first and handed over as a list, as Flower's own
+  ``Grid.send_and_receive`` returns them: the encoded replies themselves (~0.2 GB each in
+  bf16) are then in memory together, before aggregation starts. zk0's ServerApp wraps
+  the grid (:class:`zk0cli.flower.streaming.StreamingGrid`) so that it streams instead;
+  :mod:`server_memory` measures that real server process.
+
+``aggregation_seconds`` is the whole ``aggregate_train`` call minus the time spent
+building the replies inside the generator.
 """
 
 from __future__ import annotations
@@ -79,24 +84,31 @@ def worker(shapes_path: Path, n: int, mode: str, transport: str) -> dict[str, An
     strategy = Zk0FedProx(expected=expected, proximal_mu=0.01, lr_for_round=lambda r: 1e-4,
                           steps=1, transport_dtype=transport)
     baseline = psutil.Process().memory_info().rss
-    agg_seconds = 0.0
+    build_seconds = 0.0
 
-    def timed(replies: Iterator[Any]) -> Iterator[Any]:
-        nonlocal agg_seconds
-        for msg in replies:
+    def built(replies: Iterator[Any]) -> Iterator[Any]:
+        """Time spent building replies (not aggregating) inside the generator."""
+        nonlocal build_seconds
+        while True:
             t0 = time.perf_counter()
+            msg = next(replies, None)
+            build_seconds += time.perf_counter() - t0
+            if msg is None:
+                return
             yield msg
-            agg_seconds += time.perf_counter() - t0  # time spent in aggregate_train
+            del msg
 
-    t0 = time.perf_counter()
     if mode == "stream":
-        replies: Any = timed(_reply(shapes, i + 1, transport) for i in range(n))
+        replies: Any = built(_reply(shapes, i + 1, transport) for i in range(n))
     else:
-        replies = [_reply(shapes, i + 1, transport) for i in range(n)]
-        replies = timed(iter(replies))
+        held = [_reply(shapes, i + 1, transport) for i in range(n)]
+        replies = iter(held)
+    t0 = time.perf_counter()
     arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None and strategy.outcomes[1].aggregated
     total = time.perf_counter() - t0
+    # aggregate_train's own time: its whole call minus the replies' construction.
+    agg_seconds = total - build_seconds
+    assert arrays is not None and strategy.outcomes[1].aggregated
     peak = _peak_rss()
     return {"clients": n, "mode": mode, "transport": transport, "peak_rss_bytes": peak,
             "baseline_rss_bytes": baseline, "aggregation_seconds": agg_seconds,

@@ -5,7 +5,8 @@
 Figures (see docs/performance.md for what each one means and the targets):
 
 (a) bytes on the wire per client per round, full-size SmolVLA (``wire.py``);
-(b) server peak RSS aggregating 2/4/8 full-size replies (``aggregate.py``);
+(b) peak RSS of ``zk0 simulate``'s server process for 2/4/8/16 full-size replies
+    (``server_memory.py``), and of ``Zk0FedProx.aggregate_train`` alone (``aggregate.py``);
 (c) round overhead of ``zk0 simulate`` with the tiny model (``overhead.py``);
 (d) client trainer throughput vs a plain LeRobot loop, data-wait share (``throughput.py``);
 (e) ``zk0 tiny-run`` cold wall time (``overhead.py``), when the simulator is available;
@@ -79,6 +80,16 @@ def render(results: dict[str, Any]) -> Any:
                   f"→ {w['reduction_vs_whole_fp32']:.1f}× less; encode "
                   f"{w['encode_bf16_seconds']:.1f} s, decode {w['decode_bf16_seconds']:.1f} s",
                   "≤ 0.21 GB, ≥ 8× less", _fmt_pass(w))
+    sm = results.get("server_memory", {})
+    if "error" in sm:
+        t.add_row("(b) server process peak RSS", sm["error"][:300], "", _fmt_pass(sm))
+    elif sm:
+        lines = [f"{n} clients: {r['peak_rss_bytes'] / GB:.2f} GB ({r['wall_seconds']:.0f} s)"
+                 for n, r in sm["by_clients"].items()]
+        lines.append(f"max/min = {sm['ratio_max_vs_min']:.2f}")
+        t.add_row("(b) peak RSS of `zk0 simulate`'s server process (flwr-simulation), "
+                  "full-size SmolVLA, 1 round, bf16", "\n".join(lines),
+                  "16 clients ≤ 1.2× 2 clients", _fmt_pass(sm))
     a = results.get("aggregation", {})
     if "error" in a:
         t.add_row("(b) server peak RSS", a["error"][:300], "", _fmt_pass(a))
@@ -87,7 +98,8 @@ def render(results: dict[str, Any]) -> Any:
                  f"({r['aggregation_seconds']:.1f} s aggregating)" for r in a["runs"]]
         if "stream_ratio_max_vs_min" in a:
             lines.append(f"stream max/min = {a['stream_ratio_max_vs_min']:.2f}")
-        t.add_row("(b) server peak RSS aggregating full-size bf16 replies (stream = one at "
+        t.add_row("(b') peak RSS of aggregate_train alone, full-size bf16 replies "
+                  "(stream = one at "
                   "a time; held = all N in memory first, as Flower's Grid returns them)",
                   "\n".join(lines), "8 clients ≤ 1.2× 2 clients (stream)", _fmt_pass(a))
     o = results.get("overhead", {})
@@ -138,7 +150,8 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda adds the full-size GPU training figures")
     p.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
-    p.add_argument("--only", default="wire,aggregation,overhead,throughput,tiny_run,gpu",
+    p.add_argument("--only",
+                   default="wire,server_memory,aggregation,overhead,throughput,tiny_run,gpu",
                    help="comma-separated sections to run")
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -166,6 +179,11 @@ def main() -> None:
         console.print("(b) aggregating full-size replies, one process per count...")
         held = [8] if args.quick else [2, 4, 8]
         _run("aggregation", lambda: measure_aggregation(shapes, [2, 4, 8], held), results)
+    if "server_memory" in only:
+        from server_memory import measure_server_memory
+
+        console.print("(b) zk0 simulate, full-size SmolVLA, 2/4/8/16 clients...")
+        _run("server_memory", lambda: measure_server_memory(work, [2, 4, 8, 16]), results)
     if "overhead" in only:
         from overhead import measure_overhead
 

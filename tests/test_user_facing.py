@@ -139,7 +139,7 @@ def test_no_aggregation_says_whether_clients_failed_or_min_clients_was_not_met()
 
 
 class _Grid:
-    """Flower's Grid surface used by ProgressGrid: replies arrive one per pull."""
+    """Flower's Grid surface used by StreamingGrid: replies arrive one per pull."""
 
     def __init__(self, n: int, seen: list) -> None:
         self.n, self.seen, self.pending = n, seen, []
@@ -165,8 +165,8 @@ def test_live_counter_moves_as_each_reply_arrives(tmp_path, monkeypatch):
     from zk0cli.core.rundir import RunDir
     from zk0cli.engine.runs import progress_of
     from zk0cli.flower import progress as P
+    from zk0cli.flower.streaming import StreamingGrid
 
-    monkeypatch.setattr(P, "PULL_INTERVAL_S", 0.0)
     rd = RunDir.create(tmp_path, name="run")
     rd.update_run(status="running", rounds_completed=1)
     seen: list = []
@@ -174,7 +174,8 @@ def test_live_counter_moves_as_each_reply_arrives(tmp_path, monkeypatch):
     grid.progress = lambda: progress_of(rd, 3, time.monotonic()).clients_reported
     msgs = [NS(content=NS(config_records={K.CONFIG_KEY: {K.ROUND_KEY: 2}}),
                metadata=NS(message_type="train"))] * 3
-    replies = P.ProgressGrid(grid, rd.server_dir).send_and_receive(msgs, timeout=10)
+    streaming = StreamingGrid(grid, pull_interval_s=0.0)
+    replies = P.ProgressGrid(streaming, rd.server_dir).send_and_receive(msgs, timeout=10)
     assert len(list(replies)) == 3
     assert seen[:3] == [0, 1, 2]  # no client file of round 2 exists: the replies count
     prog = progress_of(rd, 3, time.monotonic())

@@ -15,7 +15,10 @@ zk0's client trainer does. This subclass overrides only what differs:
   client and the reason), aggregates the rest as a running ``num-examples``-weighted
   mean (:class:`~zk0cli.core.transport.WeightedMean`), and rolls back to the previous
   global model if the mean is not finite. Flower's default would crash the ServerApp on
-  inconsistent replies and hold every reply in memory.
+  inconsistent replies and hold every reply in memory. Replies are checked as they
+  arrive and their tensors parked on disk, then summed in a fixed order (by client id)
+  so the model does not depend on arrival order (:mod:`zk0cli.core.aggregation`); with
+  :class:`~zk0cli.flower.streaming.StreamingGrid` the server holds one reply at a time.
 
 Each round's outcome is kept in :attr:`Zk0FedProx.outcomes` for the run recorder.
 """
@@ -34,6 +37,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedProx
 
 from zk0cli import constants as K
+from zk0cli.core.aggregation import SpilledReplies, fixed_order_mean
 from zk0cli.core.contract import (
     AGG_NUM_CLIENTS,
     AGG_NUM_EXAMPLES,
@@ -45,7 +49,6 @@ from zk0cli.core.server_opt import ServerOptimizer
 from zk0cli.core.transport import (
     TensorSpec,
     TransportDtype,
-    WeightedMean,
     from_array_record,
     tensor_problems,
     to_array_record,
@@ -337,57 +340,39 @@ class Zk0FedProx(FedProx):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the valid replies; record every excluded one with its reason.
 
+        Replies are read as they arrive (``replies`` may be a lazy iterator, e.g.
+        :class:`~zk0cli.flower.streaming.StreamingGrid`'s): each is checked, its tensors
+        parked on disk and the reply dropped; the mean is then summed in a fixed order
+        (:meth:`weighted_mean`), so at most one reply is decoded in memory at a time.
+
         Returns:
             The new global arrays and aggregated metrics, or ``(None, None)`` when fewer
             than ``min_train_nodes`` (``federation.min_clients``) replies were valid or the
             mean was not finite (Flower then keeps the previous global model).
         """
         server_round += self.round_offset
-        acc = WeightedMean()
-        reports: list[ClientReport] = []
-        sent = self._sent.pop(server_round, [])
-        # A fixed order (by client id) makes the float sums, hence the model, independent
-        # of the order in which replies happened to arrive.
-        replies = sorted(replies, key=_reply_order)
-        node_of = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
-        for msg in replies:
-            node_id = node_of.get(msg.metadata.reply_to_message_id,
-                                  int(msg.metadata.src_node_id))
-            report, tensors = read_train_reply(msg, self.expected, node_id=node_id,
-                                               known_client_id=self._client_ids.get(node_id))
-            if not msg.has_error():
-                self._client_ids[node_id] = report.client_id
-            reports.append(report)
-            if tensors is not None:
-                acc.add(tensors, report.weight)
-                del tensors  # one reply in memory at a time
+        with SpilledReplies() as spilled:
+            reports = self.collect_replies(server_round, replies, spilled)
+            count = len(spilled)
+            arrays, metrics, note = None, None, None
+            if 0 < count < self.min_train_nodes:
+                note = (f"only {count} valid repl{'y' if count == 1 else 'ies'}, fewer "
+                        f"than federation.min_clients = {self.min_train_nodes}; previous "
+                        "global model kept")
+            elif count:
+                mean = self.weighted_mean(spilled)
+                problems = tensor_problems(mean, self.expected)
+                if problems:
+                    note = "aggregated model rejected, previous kept: " + "; ".join(problems)
+                else:
+                    mean = self._server_update(mean)
+                    arrays = to_array_record(mean, transport_dtype=self.transport_dtype)
+                    agg = aggregate_client_metrics(reports)
+                    metrics = MetricRecord({k: float(v) for k, v in agg.items()})
+                del mean
             else:
-                logger.log(WARNING, "round %s: excluded client %s: %s",
-                           server_round, report.client_id, report.reason)
-        replied = {r.node_id for r in reports}
-        for node_id in node_of.values():
-            if node_id not in replied:
-                cid = self._client_ids.get(node_id, str(node_id))
-                reports.append(ClientReport(cid, node_id, False,
-                                            reason="no reply before the round timeout"))
-        arrays, metrics, note = None, None, None
-        if 0 < acc.count < self.min_train_nodes:
-            note = (f"only {acc.count} valid repl{'y' if acc.count == 1 else 'ies'}, fewer "
-                    f"than federation.min_clients = {self.min_train_nodes}; previous global "
-                    "model kept")
-        elif acc.count:
-            mean = acc.result()
-            problems = tensor_problems(mean, self.expected)
-            if problems:
-                note = "aggregated model rejected, previous kept: " + "; ".join(problems)
-            else:
-                mean = self._server_update(mean)
-                arrays = to_array_record(mean, transport_dtype=self.transport_dtype)
-                agg = aggregate_client_metrics(reports)
-                metrics = MetricRecord({k: float(v) for k, v in agg.items()})
-        else:
-            note = self._wait_notes.pop(server_round, None) or \
-                "no valid replies; previous global model kept"
+                note = self._wait_notes.pop(server_round, None) or \
+                    "no valid replies; previous global model kept"
         self.outcomes[server_round] = RoundOutcome(
             server_round=server_round,
             reports=reports,
@@ -397,8 +382,59 @@ class Zk0FedProx(FedProx):
             lr=float(self.lr_for_round(server_round)),
         )
         logger.log(INFO, "round %s: %d aggregated, %d excluded%s", server_round,
-                   acc.count, len(reports) - acc.count, f" ({note})" if note else "")
+                   count, len(reports) - count, f" ({note})" if note else "")
         return arrays, metrics
+
+    def collect_replies(
+        self, server_round: int, replies: Iterable[Message], spilled: SpilledReplies
+    ) -> list[ClientReport]:
+        """Check each reply as it arrives; park the valid ones' tensors in ``spilled``.
+
+        Returns:
+            One report per reply and per message that got no reply, in the fixed order
+            (client id, node id) whatever the arrival order.
+        """
+        sent = self._sent.pop(server_round, [])
+        node_of = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
+        keyed: list[tuple[tuple[str, int], ClientReport]] = []
+        for msg in replies:
+            key = _reply_order(msg)
+            node_id = node_of.get(msg.metadata.reply_to_message_id,
+                                  int(msg.metadata.src_node_id))
+            report, tensors = read_train_reply(msg, self.expected, node_id=node_id,
+                                               known_client_id=self._client_ids.get(node_id))
+            if not msg.has_error():
+                self._client_ids[node_id] = report.client_id
+            del msg  # the encoded reply is not needed any more
+            if tensors is not None:
+                spilled.add(key, tensors, report.weight)
+                del tensors  # one decoded reply in memory at a time
+            else:
+                logger.log(WARNING, "round %s: excluded client %s: %s",
+                           server_round, report.client_id, report.reason)
+            keyed.append((key, report))
+        # A fixed order (by client id) makes the records, like the float sums, independent
+        # of the order in which replies happened to arrive.
+        reports = [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
+        replied = {r.node_id for r in reports}
+        for node_id in node_of.values():
+            if node_id not in replied:
+                cid = self._client_ids.get(node_id, str(node_id))
+                reports.append(ClientReport(cid, node_id, False,
+                                            reason="no reply before the round timeout"))
+        return reports
+
+    def weighted_mean(self, spilled: SpilledReplies) -> dict[str, Any]:
+        """The ``num-examples``-weighted mean of the parked replies, in their fixed order.
+
+        Returns:
+            Name -> tensor (each name's dtype); see
+            :func:`~zk0cli.core.aggregation.fixed_order_mean`.
+        """
+        mean = fixed_order_mean(spilled)
+        if mean is None:  # callers only ask with at least one reply parked
+            raise ValueError("no replies to average")
+        return mean
 
 
 def _reply_order(msg: Message) -> tuple[str, int]:

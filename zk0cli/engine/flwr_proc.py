@@ -213,10 +213,22 @@ def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
         fh.close()
 
 
-def make_app_dir(directory: Path) -> Path:
-    """Copy the zk0 Flower App definition (a pyproject.toml) into ``directory``."""
+def make_app_dir(directory: Path, *, clientapp: str | None = None) -> Path:
+    """Copy the zk0 Flower App definition (a pyproject.toml) into ``directory``.
+
+    Args:
+        directory: Target folder (created if needed).
+        clientapp: ``"module:attribute"`` of another ClientApp (tests and benchmarks);
+            ``None`` keeps zk0's.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_APP_PYPROJECT, directory / "pyproject.toml")
+    text = _APP_PYPROJECT.read_text(encoding="utf-8")
+    if clientapp is not None:
+        default = 'clientapp = "zk0cli.flower.client_app:app"'
+        if default not in text:
+            raise ValueError(f"{_APP_PYPROJECT} does not name the default ClientApp")
+        text = text.replace(default, f"clientapp = {json.dumps(clientapp)}")
+    (directory / "pyproject.toml").write_text(text, encoding="utf-8")
     return directory
 
 

@@ -3,15 +3,15 @@
 The round files are written only after a round aggregated; this small file moves while a
 round runs: the phase (statistics, round-0 evaluation, training round N) and the number of
 replies received so far. :class:`ProgressGrid` wraps Flower's ``Grid`` and rewrites the file
-each time a reply arrives (Flower's own ``send_and_receive`` loop, with a callback).
+each time a reply arrives (over :class:`~zk0cli.flower.streaming.StreamingGrid`, which hands
+replies over as they arrive).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # the engine reads the file without importing Flower
 
 _PHASES = {"train": "round {r} training", "evaluate": "round {r} client evaluation",
            "query": "statistics from the clients"}
-PULL_INTERVAL_S = 1.0  # Flower's Grid sleeps 3 s between pulls; replies show up sooner here
 
 
 def progress_path(server_dir: Path) -> Path:
@@ -129,26 +128,28 @@ class ProgressGrid:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
-        """Push ``messages``, pull replies until all arrived or ``timeout`` seconds passed."""
-        messages = list(messages)
+                         timeout: float | None = None) -> Iterator[Message]:
+        """Send through the wrapped grid; count each reply as the consumer receives it.
+
+        The wrapped grid (:class:`~zk0cli.flower.streaming.StreamingGrid`) pushes the
+        messages and hands replies over one at a time as they arrive, so the count moves
+        while the round trains.
+        """
+        messages = list(messages)  # the outgoing messages share the global model's record
         server_round = _round_of(messages, self._offset)
         kind = next((m.metadata.message_type for m in messages), "").split(".")[0]
         phase = _PHASES.get(kind, "round {r} " + (kind or "exchange")).format(r=server_round)
         sent = len(messages)
         write_progress(self._dir, phase=phase, server_round=server_round, sent=sent)
-        msg_ids = set(self._grid.push_messages(messages))
+        replies = self._grid.send_and_receive(messages, timeout=timeout)
         del messages
-        end = time.time() + (timeout if timeout is not None else 0.0)
-        out: list[Message] = []
-        while timeout is None or time.time() < end:
-            got = list(self._grid.pull_messages(msg_ids))
-            if got:
-                out.extend(got)
-                msg_ids.difference_update(m.metadata.reply_to_message_id for m in got)
-                write_progress(self._dir, phase=phase, server_round=server_round, sent=sent,
-                               replies=len(out))
-            if not msg_ids:
-                break
-            time.sleep(PULL_INTERVAL_S)
-        return out
+        return self._counted(replies, phase=phase, server_round=server_round, sent=sent)
+
+    def _counted(self, replies: Iterable[Message], *, phase: str, server_round: int,
+                 sent: int) -> Iterator[Message]:
+        count = 0
+        for reply in replies:
+            count += 1
+            write_progress(self._dir, phase=phase, server_round=server_round, sent=sent,
+                           replies=count)
+            yield reply

@@ -26,6 +26,7 @@ from zk0cli.core.rundir import RunDir
 from zk0cli.core.server_opt import client_mu, from_federation
 from zk0cli.errors import FederationError
 from zk0cli.flower.common import run_config_of
+from zk0cli.flower.streaming import streaming_grid
 from zk0cli.log import logger
 
 app = ServerApp()
@@ -159,8 +160,10 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
 
         load_state(strategy.server_optimizer, start.checkpoint)
     train_config = ConfigRecord()
-    # Flower's Grid, reporting each reply as it arrives (server/progress.json)
-    grid = cast(Grid, ProgressGrid(grid, rundir.server_dir, round_offset=start.offset))
+    # Flower's Grid, handing over replies one at a time as they arrive (flat memory in the
+    # number of clients) and reporting each one (server/progress.json)
+    grid = cast(Grid, ProgressGrid(streaming_grid(grid), rundir.server_dir,
+                                   round_offset=start.offset))
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 

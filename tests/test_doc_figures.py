@@ -1,0 +1,55 @@
+"""Every benchmark figure that README.md and docs/performance.md quote is in latest.json.
+
+The committed ``benchmarks/results/latest.json`` (written by ``benchmarks/run.py``) is
+the source of the figures; a doc that quotes a number the JSON does not hold (a stale
+claim) fails here. Server-memory figures are quoted as ``N clients **X.XX GB**`` (GB =
+1e9 bytes, two decimals), the ratio as ``16/2 = **R.RR**``, the wire size as
+``(B B)`` with B the exact byte count.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LATEST = ROOT / "benchmarks" / "results" / "latest.json"
+DOCS = [ROOT / "README.md", ROOT / "docs" / "performance.md"]
+MEMORY = re.compile(r"(\d+) clients \*\*(\d+\.\d+) GB\*\*")
+RATIO = re.compile(r"(\d+)/(\d+) = \*\*(\d+\.\d+)\*\*")
+WIRE = re.compile(r"\(([\d,]{9,}) B\)")
+STALE = re.compile(r"GB for \d+ clients|\d+ clients: \d+\.\d+ GB")  # unchecked forms
+
+
+@pytest.fixture(scope="module")
+def latest():
+    return json.loads(LATEST.read_text(encoding="utf-8"))
+
+
+def test_server_memory_section_has_every_count(latest):
+    by = latest["server_memory"]["by_clients"]
+    assert set(by) >= {"2", "4", "8", "16"}
+    assert all(int(r["peak_rss_bytes"]) > 0 for r in by.values())
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_quoted_figures_match_latest_json(doc, latest):
+    text = doc.read_text(encoding="utf-8")
+    by = latest["server_memory"]["by_clients"]
+    quoted = MEMORY.findall(text)
+    assert quoted, f"{doc.name} quotes no server-memory figure"
+    for n, gb in quoted:
+        assert n in by, f"{doc.name} quotes {n} clients, latest.json has {sorted(by)}"
+        assert gb == f"{by[n]['peak_rss_bytes'] / 1e9:.2f}", (n, gb)
+    for hi, lo, ratio in RATIO.findall(text):
+        want = by[hi]["peak_rss_bytes"] / by[lo]["peak_rss_bytes"]
+        assert ratio == f"{want:.2f}", (hi, lo, ratio)
+    for nbytes in WIRE.findall(text):
+        assert int(nbytes.replace(",", "")) == latest["wire"]["bytes_trainable_bf16"]
+    assert not STALE.findall(text), f"{doc.name}: figures in an unchecked form"
+
+
+def test_performance_page_quotes_all_four_counts(latest):
+    text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert {n for n, _ in MEMORY.findall(text)} >= {"2", "4", "8", "16"}
