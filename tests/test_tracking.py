@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from zk0cli import constants as K
 from zk0cli.cli.app import app
+from zk0cli.core import contract as C
 from zk0cli.core.card import build_model_card
 from zk0cli.core.config import load_config
 from zk0cli.core.recorder import RunRecorder
@@ -91,10 +92,10 @@ def test_tensorboard_events_hold_the_round_files_values(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rundir = new_rundir(tmp_path)
-    run_rounds(rundir, [TensorBoardTracker(rundir.root / K.TENSORBOARD_DIR)])
+    run_rounds(rundir, [TensorBoardTracker(rundir.root / C.TENSORBOARD_DIR)])
     assert read_json(rundir.run_json)[K.RUN_TRACKING_KEY]["tensorboard"]["log_dir"] == \
-        str(rundir.root / K.TENSORBOARD_DIR)
-    acc = EventAccumulator(str(rundir.root / K.TENSORBOARD_DIR), size_guidance={"scalars": 0})
+        str(rundir.root / C.TENSORBOARD_DIR)
+    acc = EventAccumulator(str(rundir.root / C.TENSORBOARD_DIR), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for r in (0, 1, 2):
@@ -153,8 +154,8 @@ def test_wandb_offline_run_holds_the_metrics_and_resume_continues_its_id(tmp_pat
     run_rounds(rundir, [wandb_tracker(rundir)])
     info = read_json(rundir.run_json)[K.RUN_TRACKING_KEY]["wandb"]
     assert info[K.WANDB_MODE] == "offline" and K.WANDB_URL not in info
-    assert info[K.WANDB_SYNC_COMMAND].startswith(f"wandb sync {rundir.root / K.WANDB_DIR}")
-    ids, history = read_offline_run(rundir.root / K.WANDB_DIR)
+    assert info[K.WANDB_SYNC_COMMAND].startswith(f"wandb sync {rundir.root / C.WANDB_DIR}")
+    ids, history = read_offline_run(rundir.root / C.WANDB_DIR)
     assert ids == [info[K.WANDB_ID]]
     for r in (0, 1, 2):
         expected, _ = expected_scalars(rundir, r)
@@ -163,7 +164,7 @@ def test_wandb_offline_run_holds_the_metrics_and_resume_continues_its_id(tmp_pat
     # a resumed run (run.json keeps the id; resume.py sets "resume") writes to the same W&B run
     rundir.update_run(resume={"from_round": 1, "checkpoint": "x"})
     run_rounds(rundir, [wandb_tracker(rundir)], rounds=(2, 3))
-    ids, _ = read_offline_run(rundir.root / K.WANDB_DIR)
+    ids, _ = read_offline_run(rundir.root / C.WANDB_DIR)
     assert ids == [info[K.WANDB_ID], info[K.WANDB_ID]]
     assert read_json(rundir.run_json)[K.RUN_TRACKING_KEY]["wandb"][K.WANDB_ID] == info[K.WANDB_ID]
 
@@ -249,13 +250,13 @@ def test_simulate_with_tensorboard_on_the_embedded_defaults(tmp_path):
                                    "--set", "tracking.wandb.mode=offline", "--out", str(out)])
     assert res.exit_code == 0, res.output
     printed = "".join(res.output.split())  # rich wraps long paths
-    assert f"tensorboard--logdir{out / K.TENSORBOARD_DIR}" in printed
+    assert f"tensorboard--logdir{out / C.TENSORBOARD_DIR}" in printed
     wandb_info = read_json(out / "run.json")[K.RUN_TRACKING_KEY]["wandb"]
     assert "".join(wandb_info[K.WANDB_SYNC_COMMAND].split()) in printed
-    ids, history = read_offline_run(out / K.WANDB_DIR)
+    ids, history = read_offline_run(out / C.WANDB_DIR)
     assert ids == [wandb_info[K.WANDB_ID]]
     rundir = RunDir.open(out)
-    acc = EventAccumulator(str(out / K.TENSORBOARD_DIR), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(out / C.TENSORBOARD_DIR), size_guidance={"scalars": 0})
     acc.Reload()
     for r in (0, 1):
         expected, _ = expected_scalars(rundir, r)

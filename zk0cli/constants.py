@@ -62,8 +62,6 @@ IMAGE_FRAMES_KEY: Final = "image-frames"  # query config: frames sampled for cam
 # --- experiment tracking (TensorBoard, Weights & Biases) -----------------------------------
 TRACKING_EXTRA: Final = "tracking"  # pip extra: pip install 'zk0cli[tracking]'
 RUN_TRACKING_KEY: Final = "tracking"  # run.json: {tracker name: what the tracker recorded}
-TENSORBOARD_DIR: Final = "tensorboard"  # outputs/<run>/tensorboard/: TensorBoard event files
-WANDB_DIR: Final = "wandb"  # outputs/<run>/wandb/: W&B's local run directories
 TB_SERVER_EVAL: Final = "server/eval_loss"  # server/eval_loss/<dataset>, .../composite
 TB_COMPOSITE: Final = "composite"
 TB_CLIENTS_AGG: Final = "clients"  # clients/<metric>_avg, clients/<metric>_std, clients/num_*
@@ -75,20 +73,13 @@ WANDB_MODE: Final = "mode"  # the mode the run actually used (online|offline)
 WANDB_URL: Final = "url"  # the run's page (online runs only)
 WANDB_SYNC_COMMAND: Final = "sync_command"  # `wandb sync <dir>` for offline runs
 # --- what a user sees (issue 23) -----------------------------------------------------------
-PROGRESS_FILE: Final = "progress.json"  # server/progress.json: phase and replies of the round
 PROGRESS_PHASE: Final = "phase"  # e.g. "statistics", "round 0 evaluation", "round 3 training"
 PROGRESS_ROUND: Final = "round"  # the run's round being trained (0 before round 1)
 PROGRESS_SENT: Final = "sent"  # messages sent in the current exchange
 PROGRESS_REPLIES: Final = "replies"  # replies received so far in the current exchange
-LOGS_DIR: Final = "logs"  # <run>/logs/: SuperLink, SuperNode and zk0 process logs
-CLI_LOG: Final = "zk0.log"  # <run>/logs/zk0.log: what the zk0 command itself logged
-SIM_LOG: Final = "zk0-data-sim.log"  # `zk0 data sim`: the video encoders' own output
 # --- one owner per run (owner) -------------------------------------------------------------
-OWNER_LOCK_FILE: Final = ".owner.lock"  # run dir: flock'ed by the owning process
-OWNER_FILE: Final = ".owner.json"  # run dir: the owner's pid, start time, host
 OWNER_WATCH_INTERVAL_S: Final = 0.5  # how often the watchdog checks the owner
 OWNER_GONE_BOUND_S: Final = 30.0  # every process of a run is gone this long after its owner
-DISK_RESERVE_FILE: Final = ".disk_reserve"  # run dir: freed for the last run.json write
 SIM_ACTOR_MAX_RESTARTS: Final = -1  # Ray restarts a dead simulated client's actor (unlimited)
 # --- strategies (issue 18) -------------------------------------------------------------------
 STRATEGY_FEDAVG: Final = "fedavg"

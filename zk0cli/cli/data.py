@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zk0cli import constants as K
 from zk0cli.cli.errors import handle_errors, make_console
+from zk0cli.core import contract as C
 from zk0cli.core.config import SIM_TASKS
 from zk0cli.errors import UsageError, field_problems, problem_lines
 
@@ -127,7 +127,7 @@ def _run(req: SimRequest) -> None:
             "Pass --overwrite to replace them, or choose another --out.")
     import time
 
-    log = out / K.SIM_LOG
+    log = out / C.SIM_LOG
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("episodes  {task.fields[fps]:.0f} frames/s"), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as bar:

@@ -120,10 +120,11 @@ class RichDisplay:
         import logging
 
         from zk0cli import constants as K
+        from zk0cli.core import contract as C
 
         clock = EtaClock()
         rundir.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(rundir.logs_dir / K.CLI_LOG, encoding="utf-8")
+        log_file = logging.FileHandler(rundir.logs_dir / C.CLI_LOG, encoding="utf-8")
         log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         zk0_logger = logging.getLogger(K.LOGGER_NAME)
         zk0_logger.addHandler(log_file)

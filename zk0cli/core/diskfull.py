@@ -14,7 +14,7 @@ import errno
 import time
 from pathlib import Path
 
-from zk0cli import constants as K
+from zk0cli.core import contract as C
 from zk0cli.core.rundir import RunDir
 from zk0cli.errors import DiskFullError
 
@@ -47,7 +47,7 @@ def disk_full_error(root: Path, err: BaseException, *, what: str = "the run") ->
 def reserve(rundir: RunDir) -> None:
     """Keep :data:`RESERVE_BYTES` for the final ``run.json`` write (best effort)."""
     try:
-        (rundir.root / K.DISK_RESERVE_FILE).write_bytes(b"\0" * RESERVE_BYTES)
+        (rundir.root / C.DISK_RESERVE_FILE).write_bytes(b"\0" * RESERVE_BYTES)
     except OSError:
         pass
 
@@ -58,7 +58,7 @@ def record_failure(rundir: RunDir, error: str) -> bool:
     Returns:
         Whether ``run.json`` could be written.
     """
-    (rundir.root / K.DISK_RESERVE_FILE).unlink(missing_ok=True)
+    (rundir.root / C.DISK_RESERVE_FILE).unlink(missing_ok=True)
     try:
         rundir.update_run(status="failed", error=error, ended_at=time.time())
     except OSError:

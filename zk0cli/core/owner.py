@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from zk0cli import constants as K
+from zk0cli.core import contract as C
 from zk0cli.errors import RunOwnedError
 
 
@@ -100,7 +100,7 @@ def is_process(pid: int, create_time: float) -> bool:
 def read_owner(root: Path) -> OwnerRecord | None:
     """The owner record of a run directory (``None`` if there is none or it is unreadable)."""
     try:
-        raw: Any = json.loads((Path(root) / K.OWNER_FILE).read_text(encoding="utf-8"))
+        raw: Any = json.loads((Path(root) / C.OWNER_FILE).read_text(encoding="utf-8"))
         return OwnerRecord(int(raw["pid"]), float(raw["create_time"]), str(raw["host"]),
                            float(raw["claimed_at"]))
     except (OSError, ValueError, KeyError, TypeError):
@@ -114,7 +114,7 @@ def owner_alive(root: Path) -> bool | None:
         ``True`` (a live owner holds it), ``False`` (the run was claimed but its owner is
         gone) or ``None`` (never claimed: a run from an older zk0, or another format).
     """
-    lock = Path(root) / K.OWNER_LOCK_FILE
+    lock = Path(root) / C.OWNER_LOCK_FILE
     root = Path(root).resolve()
     if root in _HELD:
         return True
@@ -148,7 +148,7 @@ def claim(root: Path) -> Claim:
     root = Path(root).resolve()
     if root in _HELD:
         return _HELD[root]
-    fh = (root / K.OWNER_LOCK_FILE).open("a", encoding="utf-8")
+    fh = (root / C.OWNER_LOCK_FILE).open("a", encoding="utf-8")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -157,7 +157,7 @@ def claim(root: Path) -> Claim:
         who = owner.describe() if owner else "another process"
         raise RunOwnedError(
             f"{root} is in use: {who} is running it and holds its lock "
-            f"({root / K.OWNER_LOCK_FILE}). Wait for it to end or stop it (Ctrl-C in its "
+            f"({root / C.OWNER_LOCK_FILE}). Wait for it to end or stop it (Ctrl-C in its "
             "terminal, or SIGTERM to that pid); a resume takes the run over once that "
             "process is gone.") from None
     previous = read_owner(root)
@@ -165,9 +165,9 @@ def claim(root: Path) -> Claim:
         previous = None
     me = OwnerRecord(os.getpid(), process_start_time(os.getpid()) or time.time(),
                      socket.gethostname(), time.time())
-    tmp = root / (K.OWNER_FILE + ".tmp")
+    tmp = root / (C.OWNER_FILE + ".tmp")
     tmp.write_text(json.dumps(me.__dict__) + "\n", encoding="utf-8")
-    os.replace(tmp, root / K.OWNER_FILE)
+    os.replace(tmp, root / C.OWNER_FILE)
     c = Claim(root, me, previous, fh)
     _HELD[root] = c
     return c
@@ -178,7 +178,7 @@ def release(root: Path) -> None:
     c = _HELD.pop(Path(root).resolve(), None)
     if c is not None:
         try:
-            (c.root / K.OWNER_FILE).unlink(missing_ok=True)
+            (c.root / C.OWNER_FILE).unlink(missing_ok=True)
         finally:
             fcntl.flock(c._fh, fcntl.LOCK_UN)
             c._fh.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zk0cli import constants as K
+from zk0cli.core import contract as C
 from zk0cli.core.contract import client_round_name
 from zk0cli.log import logger
 
@@ -28,7 +29,7 @@ _PHASES = {"train": "round {r} training", "evaluate": "round {r} client evaluati
 
 def progress_path(server_dir: Path) -> Path:
     """``server/progress.json`` of a run directory's ``server/`` folder."""
-    return Path(server_dir) / K.PROGRESS_FILE
+    return Path(server_dir) / C.PROGRESS_FILE
 
 
 def write_progress(server_dir: Path, *, phase: str, server_round: int, sent: int = 0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zk0cli import constants as K
+from zk0cli.core import contract as C
 from zk0cli.core.config import RunConfig, TrackingConfig
 from zk0cli.core.tracking.base import Tracker, require_module, round_scalars
 
@@ -49,7 +49,7 @@ def build_trackers(config: RunConfig, run_dir: Path) -> list[Tracker]:
     if tracking.tensorboard:
         from zk0cli.core.tracking.tensorboard import TensorBoardTracker
 
-        trackers.append(TensorBoardTracker(Path(run_dir) / K.TENSORBOARD_DIR))
+        trackers.append(TensorBoardTracker(Path(run_dir) / C.TENSORBOARD_DIR))
     if tracking.wandb.mode != "disabled":
         from zk0cli.core.tracking.wandb import WandbTracker
 

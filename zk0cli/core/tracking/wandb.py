@@ -20,6 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from zk0cli import constants as K
+from zk0cli.core import contract as C
 from zk0cli.core.tracking.base import require_module, round_scalars
 from zk0cli.log import logger
 
@@ -121,7 +122,7 @@ class WandbTracker:
         self.mode, reason = effective_mode(self.requested_mode)
         if reason:
             logger.warning("W&B: %s; logging offline instead", reason)
-        wdir = self.run_dir / K.WANDB_DIR
+        wdir = self.run_dir / C.WANDB_DIR
         wdir.mkdir(parents=True, exist_ok=True)
         settings = wandb.Settings(console="off", silent=True, disable_git=True,
                                   save_code=False, x_disable_stats=True,
