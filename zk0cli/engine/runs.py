@@ -8,6 +8,7 @@ run directory (which the ServerApp writes) and Flower's run status, reporting
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ def client_failure_shares(rundir: RunDir, rounds: int) -> dict[str, tuple[int, l
     """
     out: dict[str, tuple[int, list[str]]] = {}
     for r in range(1, rounds + 1):
-        record = _safe(lambda r=r: read_server_round(rundir, r))
+        record = _safe(functools.partial(read_server_round, rundir, r))
         if record is None:
             continue
         seen: set[str] = set()
