@@ -58,3 +58,10 @@ QUIET_ENV: Final = {
 STATS_ACTION: Final = "stats"  # ClientApp query action: message type "query.stats"
 STATS_KEY: Final = "zk0-stats"  # JSON sufficient statistics (query reply; merged, train config)
 IMAGE_FRAMES_KEY: Final = "image-frames"  # query config: frames sampled for camera statistics
+
+# --- multi-site federation (appended) -----------------------------------------------------
+INSTRUCTION_KEY: Final = "zk0-instruction"  # train/query config: the RunInstruction as JSON
+JOIN_ACTION: Final = "join"  # ClientApp query action: message type "query.join"
+JOIN_REPORT_KEY: Final = "zk0-join"  # query.join reply: the site's JoinReport as JSON
+NODE_SITE_CONFIG_KEY: Final = "site-config"  # SuperNode node config: the site file (JSON)
+JOIN_CHECK_FIELD: Final = "join_check"  # run.json: one JoinReport per site (deployment)

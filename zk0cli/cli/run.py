@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors
+from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, handle_errors
 from zk0cli.cli.options import (
     ClientsOpt,
     ConfigOpt,
@@ -107,7 +107,8 @@ def run_with_display(config: RunConfig, rundir: RunDir,
     Shared by ``simulate``, ``tiny-run`` and ``train``.
 
     Raises:
-        typer.Exit: With 1 when the run did not complete.
+        typer.Exit: With 1 when the run did not complete; 2 when it stopped at the join
+            check (the sites' datasets do not fit the policy).
     """
     t0 = time.monotonic()
     with Live(console=console, refresh_per_second=2, transient=True) as live:
@@ -119,6 +120,11 @@ def run_with_display(config: RunConfig, rundir: RunDir,
         from zk0cli.cli.errors import err_console
 
         err_console.print(f"run {status}: {run.get('error') or 'see server.log'}")
+        from zk0cli import constants as K
+
+        joined = run.get(K.JOIN_CHECK_FIELD) or []
+        if status == "failed" and not all(r.get("ok") for r in joined):
+            raise typer.Exit(EXIT_USAGE)  # the sites' datasets do not fit the policy
         raise typer.Exit(EXIT_FAILURE)
     return rundir
 

@@ -197,6 +197,17 @@ def _split_heldout(name: str, total: int, k: int) -> tuple[list[int], list[int]]
     return list(range(total - k)), list(range(total - k, total))
 
 
+def site_partition(client_id: str, ref: DatasetRef, meta: LeRobotDatasetMetadata, *,
+                   heldout_episodes: int) -> ClientPartition:
+    """A deployed site's partition: its whole dataset minus the last held-out episodes.
+
+    Raises:
+        DatasetError: Holding out ``heldout_episodes`` leaves no episode to train on.
+    """
+    train, held = _split_heldout(ref.name, int(meta.total_episodes), heldout_episodes)
+    return ClientPartition(client_id, ref.name, ref, train, held)
+
+
 def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
     """Split the configured data across ``cfg.num_clients`` clients.
 

@@ -221,10 +221,29 @@ def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
         fh.close()
 
 
-def make_app_dir(directory: Path) -> Path:
-    """Copy the zk0 Flower App definition (a pyproject.toml) into ``directory``."""
+#: ClientApp component that replaces zk0's own in every app made here (tests only: e.g.
+#: ``"zk0cli.testing_faults:app"``); ``None`` ships ``zk0cli.flower.client_app:app``.
+CLIENTAPP: str | None = None
+_SHIPPED_CLIENTAPP = 'clientapp = "zk0cli.flower.client_app:app"'
+
+
+def make_app_dir(directory: Path, *, clientapp: str | None = None) -> Path:
+    """Copy the zk0 Flower App definition (a pyproject.toml) into ``directory``.
+
+    Args:
+        directory: Folder to write (created if needed).
+        clientapp: ``module:attribute`` of another ClientApp (test harnesses); default
+            :data:`CLIENTAPP`, else zk0's own.
+
+    Returns:
+        ``directory``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_APP_PYPROJECT, directory / "pyproject.toml")
+    text = _APP_PYPROJECT.read_text(encoding="utf-8")
+    component = clientapp or CLIENTAPP
+    if component is not None:
+        text = text.replace(_SHIPPED_CLIENTAPP, f'clientapp = "{component}"')
+    (directory / "pyproject.toml").write_text(text, encoding="utf-8")
     return directory
 
 

@@ -127,13 +127,40 @@ def recorded_client_losses(rundir: RunDir, *, up_to: int) -> dict[int, list[floa
     return out
 
 
+def run_instruction_of(cfg: RunConfig, rundir: RunDir, evaluator: Any) -> Any:
+    """The run's train instruction: the config's site settings and the policy's inputs."""
+    from zk0cli.core.contract.instruction import features_of, run_instruction
+
+    simulated = str(rundir.read_run().get("engine")) == "simulation"
+    return run_instruction(cfg, input_features=features_of(evaluator.bundle.policy.config),
+                           stats=None, simulation=simulated)
+
+
+def join_check(grid: Grid, cfg: RunConfig, rundir: RunDir, instruction: Any) -> None:
+    """Ask every site to check its dataset against the policy; record the reports.
+
+    Raises:
+        JoinCheckError: Fewer than ``federation.min_clients`` sites passed (run.json's
+            ``join_check`` holds the reports; ``zk0 train`` exits 2).
+    """
+    from zk0cli import constants as K
+    from zk0cli.flower.join import JoinCheckError, query_join
+
+    try:
+        reports = query_join(grid, cfg, instruction)
+    except JoinCheckError as err:
+        rundir.update_run(**{K.JOIN_CHECK_FIELD: [r.model_dump() for r in err.reports]})
+        raise
+    rundir.update_run(**{K.JOIN_CHECK_FIELD: [r.model_dump() for r in reports]})
+
+
 def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder) -> None:
     """Run the whole federation from the ServerApp.
 
     Raises:
         FederationError: Too many consecutive rounds without a valid reply, or none at all.
     """
-    from zk0cli import constants as K
+    from zk0cli.core.contract.instruction import encode
     from zk0cli.core.evaluation import ServerEvaluator
     from zk0cli.core.policy import get_trainable_state
     from zk0cli.core.schedules import lr_schedule, mu_schedule
@@ -168,14 +195,17 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     )
     strategy.round_offset = offset
     strategy.prior_losses = recorded_client_losses(rundir, up_to=offset)
-    train_config = ConfigRecord()
+    instruction = run_instruction_of(cfg, rundir, evaluator)
+    if not instruction.simulation:  # zk0 simulate checked every client before it started
+        join_check(grid, cfg, rundir, instruction)
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 
-        merged = query_stats(grid, cfg)
+        merged = query_stats(grid, cfg, instruction)
         if merged is not None:
             evaluator.use_stats(merged)
-            train_config[K.STATS_KEY] = merged
+            instruction = instruction.model_copy(update={"stats": merged})
+    train_config = ConfigRecord(encode(instruction))
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
     strategy.start(grid=grid, initial_arrays=initial_arrays,
                    num_rounds=fed.rounds - offset, timeout=fed.round_timeout_s,

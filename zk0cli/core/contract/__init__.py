@@ -1,0 +1,1 @@
+"""Typed records that travel between zk0 processes and phases (the run contract)."""
