@@ -398,6 +398,32 @@ def _as_tensors(stats: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict
     return out
 
 
+def expected_input_features(
+    model: ModelConfig, meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str]
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The observation inputs the policy built by :func:`build_policy` will declare.
+
+    Args:
+        model: ``tiny``: the inputs are ``meta``'s after ``rename_map``; ``pretrained``:
+            the checkpoint's own.
+        meta: The reference dataset's metadata.
+        rename_map: Its dataset key -> policy key.
+
+    Returns:
+        ``{key: (FeatureType name, shape)}`` of the ``observation.*`` inputs.
+
+    Raises:
+        CheckpointError: ``model.path`` cannot be read.
+    """
+    if model.kind == "tiny":
+        features: Mapping[str, Any] = policy_features_from_dataset(meta, rename_map)
+    else:
+        assert model.path is not None  # enforced by ModelConfig
+        features = _load_pretrained_config(model.path).input_features
+    return {k: (str(getattr(f.type, "name", f.type)), tuple(f.shape))
+            for k, f in features.items() if k.startswith("observation.")}
+
+
 def build_policy(
     model: ModelConfig,
     *,

@@ -168,3 +168,46 @@ def dataset_shapes(meta: Any) -> dict[str, tuple[int, ...]]:
     from zk0cli.core.policy import policy_features_from_dataset
 
     return {k: tuple(f.shape) for k, f in policy_features_from_dataset(meta, {}).items()}
+
+
+def check_all_clients(config: Any) -> list[JoinReport]:
+    """The join check of every configured client, in this process (``zk0 simulate``).
+
+    The policy's inputs are those the server builds: the pretrained checkpoint's, or for
+    the tiny preset the reference dataset's (``data.eval[0]``, else ``data.clients[0]``)
+    after ``data.rename_map``.
+
+    Args:
+        config: The validated :class:`~zk0cli.core.config.RunConfig`.
+
+    Returns:
+        One report per distinct client dataset, all passing.
+
+    Raises:
+        DatasetError: A client's dataset does not fit the policy; the message holds every
+            report with its fix.
+    """
+    from zk0cli.core import data as D
+    from zk0cli.core.contract.instruction import FeatureSpec
+    from zk0cli.core.policy import expected_input_features
+
+    cfg = config
+    ref_spec = cfg.data.eval[0] if cfg.data.eval else cfg.data.clients[0]
+    ref_meta = D.load_metadata(D.resolve_dataset(ref_spec, cfg.data.sim))
+    expected = {k: FeatureSpec(type=t, shape=s) for k, (t, s) in
+                expected_input_features(cfg.model, ref_meta, cfg.data.rename_map).items()}
+    n = cfg.num_clients if cfg.data.partition == "dataset" else 1
+    reports = []
+    for i in range(n):
+        ref = D.resolve_dataset(cfg.data.clients[i], cfg.data.sim)
+        meta = D.load_metadata(ref)
+        reports.append(join_report(str(i), ref.name, dataset_shapes(meta),
+                                   cfg.data.rename_map, expected,
+                                   allow_missing_cameras=cfg.model.allow_missing_cameras))
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        body = "\n".join(r.describe().replace("site's rename map (site file [rename_map])",
+                                              "data.rename_map") for r in bad)
+        raise DatasetError(f"join check: {len(bad)} of {len(reports)} client dataset(s) do "
+                           f"not fit the policy's input features:\n{body}")
+    return reports

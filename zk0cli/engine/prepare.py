@@ -20,7 +20,8 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
         Display names of the datasets, in configuration order.
 
     Raises:
-        DatasetError: A dataset cannot be opened (missing root, wrong version, offline Hub).
+        DatasetError: A dataset cannot be opened (missing root, wrong version, offline Hub),
+            or a client's dataset does not fit the policy's inputs (the join check).
     """
     from zk0cli.core import data as D
 
@@ -35,4 +36,7 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
         D.load_metadata(ref)
         names.append(ref.name)
         logger.info("dataset ready: %s (%s)", ref.name, ref.root or ref.repo_id)
+    from zk0cli.core.site import check_all_clients
+
+    check_all_clients(config)  # every client's inputs fit the policy, before any process
     return names
