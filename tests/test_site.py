@@ -83,3 +83,12 @@ def test_simulate_checks_every_client_before_any_process(tmp_path, dataset_write
     assert '"observation.images.side" = "observation.images.top"' in res.output
     assert "site 0" not in res.output  # the good client is not listed
     assert not out.exists()
+
+
+def test_train_submit_from_another_machine_is_refused_before_submitting(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--superlink", "203.0.113.5:9092", "--insecure",
+                                   "--preset", "tiny", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "is not this machine" in res.output and "coordinator" in res.output
+    assert not out.exists()

@@ -131,6 +131,7 @@ def train(
             flags = {"federation.rounds": rounds, "federation.num_clients": clients}
             if resume is None:
                 cfg = load_run_config(config, preset, set_, flags)
+            D.check_on_coordinator(conn.superlink)  # the run directory is written there
             D.probe_superlink(conn)  # before a run directory exists or is changed
             if resume is not None:
                 rundir, cfg = load_for_resume(resume, config, set_, flags)

@@ -151,6 +151,38 @@ def write_site_file(site: SiteConfig, path: Path) -> Path:
 # --- checks -------------------------------------------------------------------------------
 
 
+def check_on_coordinator(superlink: str) -> None:
+    """Refuse to submit from a machine that is not the SuperLink's (the coordinator).
+
+    The ServerApp runs next to the SuperLink and writes the run directory on that machine;
+    ``zk0 train --superlink`` follows that directory, so it must run there too. A host is
+    this machine's when it resolves to an address this machine can bind (loopback
+    included).
+
+    Raises:
+        UsageError: ``superlink`` names another machine (or does not resolve).
+    """
+    host, _port = parse_address(superlink)
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError as err:
+        raise UsageError(f"--superlink {superlink}: cannot resolve {host!r} "
+                         f"({err.strerror or err}).") from None
+    for addr in addresses:
+        family = socket.AF_INET6 if ":" in str(addr) else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((str(addr), 0))
+                return
+            except OSError:
+                continue
+    raise UsageError(
+        f"--superlink {superlink}: {host} is not this machine. `zk0 train --superlink` must "
+        "run on the coordinator (the machine of the SuperLink): the ServerApp writes the run "
+        "directory there and this command follows it. Log in to the coordinator and run it "
+        "there, e.g. with --superlink 127.0.0.1:PORT (see docs/deployment.md).")
+
+
 def probe_superlink(conn: ConnectionOptions, *, timeout_s: float = 5.0) -> None:
     """Check that the SuperLink answers, with TLS or plain HTTP as configured.
 
