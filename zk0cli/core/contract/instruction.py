@@ -154,7 +154,7 @@ def run_instruction(cfg: RunConfig, *, input_features: Mapping[str, FeatureSpec]
     )
 
 
-def encode(instruction: RunInstruction) -> dict[str, str]:
+def encode(instruction: RunInstruction) -> dict[str, Any]:
     """The ConfigRecord entries carrying ``instruction``.
 
     Returns:
