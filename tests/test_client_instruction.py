@@ -88,3 +88,49 @@ def test_join_query_reports_the_rename_map_fix(tmp_path, make_bundle, dataset_wr
     # Training on the unfixed site fails with the report, never on other inputs.
     reply = client_app.train(_train_message(bundle, instr), _context(tmp_path, site))
     assert "observation.images.front" in str(reply.content.config_records[K.INFO_KEY][K.ERROR])
+
+
+class _Grid:
+    """A stand-in for Flower's Grid: node id -> site context, replies by the real app."""
+
+    def __init__(self, contexts):
+        self.contexts = contexts
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout):
+        out = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = f"q{m.metadata.dst_node_id}"
+            out.append(client_app.join(m, self.contexts[m.metadata.dst_node_id]))
+        return out
+
+
+def test_server_join_check_stops_below_min_clients(tmp_path, make_bundle, so101_root,
+                                                   dataset_writer, monkeypatch):
+    import pytest
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from zk0cli.flower.join import JoinCheckError, query_join
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what a ServerApp process has set
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    bundle = make_bundle(seed=1)
+    instr = _instruction(bundle)
+    other = dataset_writer(tmp_path / "other", repo_id="zk0test/other", episodes=3, frames=8,
+                           cameras=("front", "wrist"), size=48)
+    good = SiteConfig(dataset="zk0test/so101", dataset_root=so101_root, client_id="lab-a")
+    bad = SiteConfig(dataset="zk0test/other", dataset_root=other, client_id="lab-b")
+    grid = _Grid({1: _context(tmp_path / "a", good), 2: _context(tmp_path / "b", bad)})
+    cfg = load_config(preset="tiny", overrides=["federation.min_clients=2",
+                                                "federation.node_wait_timeout_s=1"])
+    with pytest.raises(JoinCheckError) as err:
+        query_join(grid, cfg, instr)
+    text = str(err.value)
+    assert "1 of 2 site(s)" in text and "site lab-b (zk0test/other): REFUSED" in text
+    assert '"observation.images.front" = "observation.images.top"' in text
+    ok = query_join(grid, cfg.model_copy(update={"federation": cfg.federation.model_copy(
+        update={"min_clients": 1})}), instr)
+    assert [r.ok for r in sorted(ok, key=lambda r: r.client_id)] == [True, False]
