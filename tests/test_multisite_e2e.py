@@ -80,8 +80,8 @@ def _site(tmp: Path, name: str, spec: dict, certs: Path, index: int, writer) -> 
 
 def _in_own_namespace(hidden: list[Path], home: Path, argv: list[str]) -> list[str]:
     mounts = " && ".join(f"mount -t tmpfs none '{d}'" for d in hidden)
-    env = (f"env HOME='{home}' XDG_CACHE_HOME='{home}/.cache' XDG_STATE_HOME='{home}/.state' "
-           "-u ZK0_CACHE_DIR -u HF_LEROBOT_HOME -u HF_HOME")
+    env = ("env -u ZK0_CACHE_DIR -u HF_LEROBOT_HOME -u HF_HOME "
+           f"HOME='{home}' XDG_CACHE_HOME='{home}/.cache' XDG_STATE_HOME='{home}/.state'")
     cmd = " ".join(f"'{a}'" for a in argv)
     return ["unshare", "--mount", "--fork", "sh", "-c", f"{mounts} && exec {env} {cmd}"]
 

@@ -24,6 +24,7 @@ def test_a_folder_that_is_not_a_dataset_exits_2_before_connecting(tmp_path):
     res, state = _supernode(tmp_path, "--dataset", "me/data", "--dataset-root", str(bogus))
     assert res.exit_code == 2, res.output
     assert "info.json" in res.output and "not a LeRobotDataset root" in res.output
+    assert "--dataset-root" in res.output and "data.clients" not in res.output
     assert "SuperLink" not in res.output  # never probed
     assert not state.exists()  # nothing written
 

@@ -98,7 +98,11 @@ def check_site(site: SiteConfig) -> Any:
     from zk0cli.core.policy import policy_features_from_dataset
 
     ref = dataset_ref(site)
-    meta = load_metadata(ref)
+    try:
+        meta = load_metadata(ref)
+    except DatasetError as err:  # name the site's own field, not the coordinator's
+        raise DatasetError(str(err).replace("data.clients[].root", "the site's dataset_root "
+                                            "(--dataset-root)")) from None
     try:
         features = policy_features_from_dataset(meta, {})
     except Exception as err:  # noqa: BLE001 - LeRobot raises several types here
