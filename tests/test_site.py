@@ -93,3 +93,25 @@ def test_train_submit_from_another_machine_is_refused_before_submitting(tmp_path
     assert res.exit_code == 2, res.output
     assert "is not this machine" in res.output and "coordinator" in res.output
     assert not out.exists()
+
+
+def test_local_trial_nodes_get_their_site_files(tmp_path, so101_root):
+    import json
+
+    from zk0cli.core.config import load_config
+    from zk0cli.engine.deploy import local_node_options, supernode_command
+
+    cfg = load_config(preset="tiny", overrides=[
+        f'data.clients=[{{source="local", name="lab/a", root="{so101_root}"}}]',
+        "data.partition=dataset",
+        'data.rename_map={"observation.images.top"="observation.images.cam"}',
+        "training.num_workers=1", "federation.num_clients=1", "federation.min_clients=1"])
+    [node] = local_node_options(cfg, superlink="127.0.0.1:9092", tls=None, keys=[None],
+                                work=tmp_path)
+    site = json.loads((tmp_path / "node_0" / "site.json").read_text())
+    assert site["dataset"] == "lab/a" and site["client_id"] == "0"
+    assert site["rename_map"] == {"observation.images.top": "observation.images.cam"}
+    assert site["num_workers"] == 1 and site["dataset_root"] == str(so101_root)
+    cmd = supernode_command(node)
+    site_file = tmp_path / "node_0" / "site.json"
+    assert cmd[cmd.index("--node-config") + 1] == f'site-config="{site_file}"'
