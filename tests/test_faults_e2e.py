@@ -14,6 +14,9 @@ from typer.testing import CliRunner
 
 from zk0cli.cli.app import app
 from zk0cli.core.rundir import RunDir, read_json
+from zk0cli.engine import flwr_proc
+from zk0cli.testing_faults import COMPONENT as FAULTY_CLIENTAPP
+from zk0cli.testing_faults import FAULT_ENV
 
 MARK = "ZK0_FAULT_MARK"
 
@@ -34,7 +37,8 @@ def test_bad_replies_a_raising_and_a_hanging_client_are_excluded(tmp_path, monke
     """One run, five clients: 0 trains (with mu = 0: its proximal loss is exactly 0), 1 sends
     NaN, 2 a wrong shape, 3 hangs past the round timeout, 4 raises."""
     faults = {"1": "nan", "2": "shape", "3": "hang", "4": "raise"}
-    monkeypatch.setenv("ZK0_FAULT_INJECTION", json.dumps(faults))
+    monkeypatch.setenv(FAULT_ENV, json.dumps(faults))
+    monkeypatch.setattr(flwr_proc, "CLIENTAPP", FAULTY_CLIENTAPP)  # a test ClientApp
     out = tmp_path / "run"
     t0 = time.monotonic()
     res = CliRunner().invoke(app, [

@@ -1,7 +1,8 @@
 """End to end through a real Flower SuperLink (simulation runtime): tiny-run and simulate.
 
 These runs use the tiny SmolVLA and zk0's generated SO-101 datasets; each takes about a
-minute on 2 cores. Fault injection (ZK0_FAULT_INJECTION) reaches the ClientApps through
+minute on 2 cores. Fault injection (ZK0_FAULT_INJECTION, read by the test ClientApp
+zk0cli.testing_faults) reaches the ClientApps through
 the environment of the SuperLink zk0 starts.
 """
 
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 
 from zk0cli.cli.app import app
 from zk0cli.core.rundir import RunDir, read_json
+from zk0cli.engine import flwr_proc
+from zk0cli.testing_faults import COMPONENT as FAULTY_CLIENTAPP
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +57,7 @@ def simulate(tmp_path, *args, env=None, monkeypatch=None):
     if env:
         for k, v in env.items():
             monkeypatch.setenv(k, v)
+        monkeypatch.setattr(flwr_proc, "CLIENTAPP", FAULTY_CLIENTAPP)  # faults: a test app
     res = CliRunner().invoke(app, ["simulate", "--preset", "tiny", "--out", str(out), *args])
     return res, RunDir(out)
 

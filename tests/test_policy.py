@@ -139,7 +139,7 @@ def test_check_features_lists_both_sets():
         check_features("d", ds2[1:], policy3, allow_missing_cameras=True)
 
 
-def test_save_reload_offline_identical(make_bundle, fixed_batch, tmp_path):
+def test_save_reload_offline_identical(make_bundle, fixed_batch, tmp_path, monkeypatch):
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     from zk0cli.core.policy import load_bundle, save_bundle
@@ -148,6 +148,7 @@ def test_save_reload_offline_identical(make_bundle, fixed_batch, tmp_path):
     save_bundle(bundle, tmp_path / "ckpt")
     ref = bundle.policy.state_dict()
 
+    monkeypatch.chdir(tmp_path / "ckpt")  # the checkpoint names its VLM folder "vlm"
     plain = SmolVLAPolicy.from_pretrained(str(tmp_path / "ckpt"))
     got = plain.state_dict()
     assert got.keys() == ref.keys()

@@ -111,7 +111,7 @@ def _kill_node_when(out, node_port_of, *, round_done: int, node: int, killed: di
         time.sleep(0.5)
     for p in _flower_procs():
         cmd = " ".join(p.cmdline())
-        if "flower-supernode" in cmd and f"partition-id={node}" in cmd:
+        if "flower-supernode" in cmd and f"node_{node}/site.json" in cmd:
             for c in [*p.children(recursive=True), p]:
                 c.kill()
             killed["at"] = time.monotonic()

@@ -88,3 +88,8 @@ STRATEGY_FEDAVGM: Final = "fedavgm"
 STRATEGY_FEDADAM: Final = "fedadam"
 STRATEGY_FEDYOGI: Final = "fedyogi"
 STRATEGY_FEDADAGRAD: Final = "fedadagrad"
+# --- multi-site federation (appended) -----------------------------------------------------
+INSTRUCTION_KEY: Final = "zk0-instruction"  # train/query config: the RunInstruction as JSON
+JOIN_ACTION: Final = "join"  # ClientApp query action: message type "query.join"
+JOIN_REPORT_KEY: Final = "zk0-join"  # query.join reply: the site's JoinReport as JSON
+NODE_SITE_CONFIG_KEY: Final = "site-config"  # SuperNode node config: the site file (JSON)

@@ -331,6 +331,19 @@ class TransportError(Zk0Error, ValueError):
     """Received tensors do not match the expected names, shapes, dtypes or are not finite."""
 
 
+class InstructionError(Zk0Error, ValueError):
+    """A site cannot read the coordinator's train instruction (version, field or value).
+
+    Attributes:
+        field: The dotted field or ConfigRecord key at fault.
+        value: The value seen (``None`` when missing).
+    """
+
+    def __init__(self, field: str, value: object, accepted: str):
+        self.field, self.value = field, value
+        super().__init__(f"train instruction: {field} = {value!r}: {accepted}")
+
+
 class FederationError(Zk0Error, RuntimeError):
     """The federation failed (every client failed, the SuperLink died, a timeout passed)."""
 

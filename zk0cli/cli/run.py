@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, handle_errors, make_console
+from zk0cli.cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, handle_errors, make_console
 from zk0cli.cli.options import (
     ClientsOpt,
     ConfigOpt,
@@ -147,7 +147,8 @@ def show_outcome(outcome: RunOutcome, *, t0: float) -> RunDir:
     """Print the per-round summary and the status; exit 1 unless the run completed.
 
     Raises:
-        typer.Exit: With 1 when the run did not complete.
+        typer.Exit: With 1 when the run did not complete; 2 when it stopped at the join
+            check (the sites' datasets do not fit the policy).
     """
     rundir = outcome.rundir
     console.print(summary_table(rundir))
@@ -159,6 +160,9 @@ def show_outcome(outcome: RunOutcome, *, t0: float) -> RunDir:
         from zk0cli.cli.errors import err_console
 
         err_console.print(f"run {outcome.status}: {outcome.error or f'see {rundir.server_log}'}")
+        joined = rundir.run_record().join_check
+        if outcome.status == "failed" and not all(r.get("ok") for r in joined):
+            raise typer.Exit(EXIT_USAGE)  # the sites' datasets do not fit the policy
         raise typer.Exit(EXIT_FAILURE)
     return rundir
 

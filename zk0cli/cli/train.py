@@ -171,10 +171,26 @@ def superlink_cmd(
 @app.command("supernode")
 def supernode_cmd(
     superlink: Annotated[str, typer.Option("--superlink", help="SuperLink HOST:PORT.")],
-    dataset: Annotated[str, typer.Option("--dataset", help="This site's dataset: repo id "
-                                         "(with --dataset-root: its name).")],
+    site_config: Annotated[Path | None, typer.Option(
+        "--site-config", help="This site's settings (TOML): dataset, dataset_root, "
+        "rename_map, device, num_workers, cache_dir, client_id. Flags override it.",
+        show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="This site's dataset: repo id (with --dataset-root: its name).",
+        show_default=False)] = None,
     dataset_root: Annotated[Path | None, typer.Option(
         "--dataset-root", help="Local LeRobotDataset folder (stays on this machine).",
+        show_default=False)] = None,
+    rename: Annotated[list[str] | None, typer.Option(
+        "--rename", help="DATASET_KEY=POLICY_KEY for this site's rename map (repeatable).",
+        show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Torch device of local training (auto, cpu, cuda, mps).",
+        show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="DataLoader worker processes.", show_default=False)] = None,
+    cache_dir: Annotated[Path | None, typer.Option(
+        "--cache-dir", help="Cache folder (Hugging Face, LeRobot and zk0 caches).",
         show_default=False)] = None,
     root_certificates: RootCertOpt = None,
     insecure: InsecureOpt = False,
@@ -187,30 +203,61 @@ def supernode_cmd(
     client_id: Annotated[str | None, typer.Option(
         "--client-id", help="Name of this site in the run directory (clients/<id>/).",
         show_default=False)] = None,
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Log and Flower files.")]
-    = Path("zk0-supernode"),
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="Site file, log and Flower files (default: "
+        "$XDG_STATE_HOME/zk0/supernode, i.e. ~/.local/state/zk0/supernode).",
+        show_default=False)] = None,
 ) -> None:
-    """Join a federation: a SuperNode training the zk0 ClientApp on this site's dataset."""
+    """Join a federation: a SuperNode training the zk0 ClientApp on this site's dataset.
+
+    Checks the site's settings, certificates and dataset before connecting (exit 2).
+    """
     with handle_errors():
+        from zk0cli.core.config import load_site_config
         from zk0cli.engine import deploy as D
         from zk0cli.engine.deploy_options import SuperNodeOptions, validate_options
 
-        opts = validate_options(SuperNodeOptions, superlink=superlink, dataset=dataset,
-                                dataset_root=dataset_root, root_certificates=root_certificates,
-                                insecure=insecure, auth_key=auth_key, port=port,
-                                client_id=client_id)
-        state = state_dir.absolute()
+        opts = validate_options(SuperNodeOptions, superlink=superlink,
+                                root_certificates=root_certificates, insecure=insecure,
+                                auth_key=auth_key, port=port)
+        site = load_site_config(site_config, {
+            "dataset": dataset, "dataset_root": dataset_root, "device": device,
+            "num_workers": workers, "cache_dir": cache_dir, "client_id": client_id,
+            "rename_map": _rename_map(rename)})
+        state = (state_dir or D.default_state_dir("supernode")).absolute()
 
         def ready() -> None:
-            console.print(f"SuperNode connected to {superlink} with dataset {dataset}; log: "
-                          f"{state / 'supernode.log'}. Ctrl-C leaves the federation.")
+            console.print(f"SuperNode connected to {superlink} with dataset {site.dataset}; "
+                          f"log: {state / 'supernode.log'}. Ctrl-C leaves the federation.")
 
         try:
-            code = D.serve_supernode(opts, state_dir=state, on_command=_echo, on_ready=ready)
+            code = D.serve_supernode(opts, site, state_dir=state, on_command=_echo,
+                                     on_ready=ready)
         except KeyboardInterrupt:
             console.print("SuperNode stopped.")
             code = 0
     raise typer.Exit(code)
+
+
+def _rename_map(items: list[str] | None) -> dict[str, str] | None:
+    """``--rename A=B`` flags as a mapping (``None`` when none was given).
+
+    Raises:
+        ConfigError: An item is not ``DATASET_KEY=POLICY_KEY``.
+    """
+    if not items:
+        return None
+    from zk0cli.errors import ConfigError, FieldProblem
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError([FieldProblem("--rename", item, "DATASET_KEY=POLICY_KEY, e.g. "
+                                            "observation.images.top=observation.images."
+                                            "camera1")], source="flags")
+        out[key.strip()] = value.strip()
+    return out
 
 
 @app.command("certs")

@@ -331,6 +331,36 @@ class TrackingConfig(_Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
 
+class SiteConfig(_Section):
+    """A site's own settings for `zk0 train supernode` (`--site-config site.toml`, or flags)."""
+
+    dataset: str = Field(
+        ..., min_length=1,
+        description="This site's dataset: a Hub repo id (read from the site's cache) or, with "
+        "`dataset_root`, its name.",
+    )
+    dataset_root: Path | None = Field(
+        None, description="Local LeRobotDataset v3.0 folder (stays on this machine)."
+    )
+    rename_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="This site's dataset key -> policy key, e.g. "
+        '`{"observation.images.top" = "observation.images.camera1"}`.',
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Torch device of local training; `auto`: cuda when available."
+    )
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+    cache_dir: Path | None = Field(
+        None,
+        description="Cache folder (Hugging Face / LeRobot caches and zk0's own); default: the "
+        "site's usual caches (`HF_HOME`, `~/.cache`).",
+    )
+    client_id: str | None = Field(
+        None, description="Name of this site in the run directory (`clients/<id>/`)."
+    )
+
+
 class RunConfig(_Section):
     """The whole configuration of a zk0 run."""
 
@@ -451,17 +481,43 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def load_site_config(path: Path | None, fields: Mapping[str, Any]) -> SiteConfig:
+    """A site's settings: the site file (TOML or JSON), then flags given on the command line.
+
+    Args:
+        path: The ``--site-config`` file, or ``None``.
+        fields: Flag values (``None`` values are ignored).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: The file is unreadable, or a field is unknown or invalid (named with
+            the value seen and what is accepted).
+    """
+    data: dict[str, Any] = dict(read_config_file(path, flag="--site-config")) if path else {}
+    data.update({k: v for k, v in fields.items() if v is not None})
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(field_problems(err, data=data, model=SiteConfig),
+                          source=str(path) if path else "flags",
+                          hint="Fix the site file or the flags; see the site file section "
+                          "of docs/configuration.md.") from None
+
+
+def read_config_file(path: Path, *, flag: str = "--config") -> dict[str, Any]:
     """Read a TOML (or JSON) configuration file into a mapping.
 
     Raises:
-        ConfigError: The file is missing, unreadable or not valid TOML/JSON.
+        ConfigError: The file is missing, unreadable or not valid TOML/JSON (named by
+            ``flag``).
     """
     if path.is_dir():
-        raise ConfigError([FieldProblem("--config", str(path),
+        raise ConfigError([FieldProblem(flag, str(path),
                                         "is a directory; expected a TOML file")])
     if not path.is_file():
-        raise ConfigError([FieldProblem("--config", str(path), "file does not exist")])
+        raise ConfigError([FieldProblem(flag, str(path), "file does not exist")])
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
@@ -469,7 +525,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ConfigError(
-            [FieldProblem("--config", str(path), f"not a readable TOML/JSON file ({err})")]
+            [FieldProblem(flag, str(path), f"not a readable TOML/JSON file ({err})")]
         ) from None
 
 
@@ -566,6 +622,7 @@ def render_config_reference() -> str:
         ("schedule", ScheduleConfig), ("eval", EvalConfig),
         ("checkpoint", CheckpointConfig), ("logging", LoggingConfig),
         ("tracking", TrackingConfig), ("tracking.wandb", WandbConfig),
+        ("site file (`zk0 train supernode --site-config`)", SiteConfig),
     ]
     for title, model in sections:
         lines += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], "",

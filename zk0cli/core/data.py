@@ -222,6 +222,17 @@ def client_partition(cfg: RunConfig, index: int) -> ClientPartition:
     return _episode_partitions(cfg)[index]
 
 
+def site_partition(client_id: str, ref: DatasetRef, meta: LeRobotDatasetMetadata, *,
+                   heldout_episodes: int) -> ClientPartition:
+    """A deployed site's partition: its whole dataset minus the last held-out episodes.
+
+    Raises:
+        DatasetError: Holding out ``heldout_episodes`` leaves no episode to train on.
+    """
+    train, held = _split_heldout(ref.name, int(meta.total_episodes), heldout_episodes)
+    return ClientPartition(client_id, ref.name, ref, train, held)
+
+
 def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
     """Split the configured data across ``cfg.num_clients`` clients.
 

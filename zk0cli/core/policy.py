@@ -400,6 +400,32 @@ def _as_tensors(stats: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict
     return out
 
 
+def expected_input_features(
+    model: ModelConfig, meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str]
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The observation inputs the policy built by :func:`build_policy` will declare.
+
+    Args:
+        model: ``tiny``: the inputs are ``meta``'s after ``rename_map``; ``pretrained``:
+            the checkpoint's own.
+        meta: The reference dataset's metadata.
+        rename_map: Its dataset key -> policy key.
+
+    Returns:
+        ``{key: (FeatureType name, shape)}`` of the ``observation.*`` inputs.
+
+    Raises:
+        CheckpointError: ``model.path`` cannot be read.
+    """
+    if model.kind == "tiny":
+        features: Mapping[str, Any] = policy_features_from_dataset(meta, rename_map)
+    else:
+        assert model.path is not None  # enforced by ModelConfig
+        features = _load_pretrained_config(model.path).input_features
+    return {k: (str(getattr(f.type, "name", f.type)), tuple(f.shape))
+            for k, f in features.items() if k.startswith("observation.")}
+
+
 def build_policy(
     model: ModelConfig,
     *,
@@ -495,7 +521,9 @@ def _load_pretrained_config(path: str) -> Any:
     if getattr(cfg, "type", None) != "smolvla":
         raise CheckpointError(path, [f"policy type is {cfg.type!r}, zk0 trains 'smolvla'"])
     name = cfg.vlm_model_name
-    if _is_tiny_vlm_path(name) or (Path(name).is_absolute() and not Path(name).is_dir()):
+    if local.is_dir() and name == VLM_SUBDIR and (local / VLM_SUBDIR).is_dir():
+        cfg.vlm_model_name = str((local / VLM_SUBDIR).absolute())  # a self-contained checkpoint
+    elif _is_tiny_vlm_path(name) or (Path(name).is_absolute() and not Path(name).is_dir()):
         cfg.vlm_model_name = str(tiny_vlm_dir())
     return cfg
 
@@ -554,24 +582,57 @@ def set_trainable_state(
 # --- save and reload -----------------------------------------------------------------------
 
 
+#: Folder inside a checkpoint holding the VLM's config and tokenizer files when the policy
+#: was built from a local VLM directory (the tiny preset): the checkpoint names it by this
+#: relative path, never by the coordinator's absolute path.
+VLM_SUBDIR = "vlm"
+
+
+def _local_vlm(cfg: Any) -> Path | None:
+    name = str(getattr(cfg, "vlm_model_name", "") or "")
+    path = Path(name)
+    return path if path.is_absolute() and path.is_dir() else None
+
+
 def save_bundle(bundle: PolicyBundle, directory: Path) -> None:
     """Write the policy (``config.json``, ``model.safetensors``) and both processors.
 
     The saved ``config.json`` has ``push_to_hub = false``: ``lerobot-train
     --policy.path=<checkpoint>`` otherwise stops with "'repo_id' argument missing".
+    A policy built from a local VLM directory (the tiny preset) also gets a copy of that
+    directory's config and tokenizer files in ``<directory>/vlm``, and its
+    ``config.json`` and pre-processor name ``vlm`` instead of the local path: the
+    checkpoint loads on any machine (``SmolVLAPolicy.from_pretrained`` run from the
+    checkpoint folder, or :func:`load_bundle` from anywhere).
 
     Args:
         bundle: What to save.
         directory: Target directory (created if needed).
     """
+    from lerobot.processor import TokenizerProcessorStep
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = bundle.policy.config
     if hasattr(cfg, "push_to_hub"):
         cfg.push_to_hub = False  # zk0 pushes with `zk0 push`; LeRobot must not try on its own
-    bundle.policy.save_pretrained(directory)
-    bundle.preprocessor.save_pretrained(directory)
-    bundle.postprocessor.save_pretrained(directory)
+    local = _local_vlm(cfg)
+    steps = [s for s in bundle.preprocessor.steps if isinstance(s, TokenizerProcessorStep)
+             and local is not None and s.tokenizer_name == str(local)]
+    if local is not None:
+        shutil.copytree(local, directory / VLM_SUBDIR, dirs_exist_ok=True)
+        cfg.vlm_model_name = VLM_SUBDIR
+        for step in steps:
+            step.tokenizer_name = VLM_SUBDIR
+    try:
+        bundle.policy.save_pretrained(directory)
+        bundle.preprocessor.save_pretrained(directory)
+        bundle.postprocessor.save_pretrained(directory)
+    finally:
+        if local is not None:
+            cfg.vlm_model_name = str(local)
+            for step in steps:
+                step.tokenizer_name = str(local)
 
 
 def load_bundle(directory: Path, *, device: str = "cpu") -> PolicyBundle:

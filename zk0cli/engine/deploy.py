@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from zk0cli import constants as K
-from zk0cli.core.config import RunConfig
+from zk0cli.core.config import RunConfig, SiteConfig
 from zk0cli.core.contract import SUPERLINK_LOG
 from zk0cli.core.rundir import RunDir
 from zk0cli.engine.certs import TlsFiles, make_certificates, make_node_keys, node_key_paths
@@ -94,15 +94,9 @@ def superlink_command(opts: SuperLinkOptions, *, database: Path | None = None) -
     return cmd
 
 
-def node_config_arg(*, dataset: str, dataset_root: Path | None, client_id: str | None) -> str:
-    """Flower ``--node-config`` text telling the zk0 ClientApp which dataset to train on."""
-    parts = [f'{K.NODE_DATASET_KEY}="{dataset}"']
-    if dataset_root is not None:
-        parts.append(f'{K.NODE_DATASET_ROOT_KEY}="{dataset_root}"')
-    if client_id is not None:
-        parts.append(f"{K.PARTITION_ID_KEY}={client_id}" if client_id.isdigit()
-                     else f'{K.PARTITION_ID_KEY}="{client_id}"')
-    return " ".join(parts)
+def node_config_arg(site_file: Path) -> str:
+    """Flower ``--node-config`` text naming the site's settings file for the zk0 ClientApp."""
+    return f'{K.NODE_SITE_CONFIG_KEY}="{site_file}"'
 
 
 def supernode_command(opts: SuperNodeOptions) -> list[str]:
@@ -116,13 +110,75 @@ def supernode_command(opts: SuperNodeOptions) -> list[str]:
         cmd += ["--auth-supernode-private-key", str(opts.auth_key)]
     if opts.port is not None:
         cmd += ["--port", str(opts.port)]
-    cmd += ["--node-config", node_config_arg(dataset=opts.dataset,
-                                             dataset_root=opts.dataset_root,
-                                             client_id=opts.client_id)]
+    if opts.site_file is not None:
+        cmd += ["--node-config", node_config_arg(opts.site_file)]
     return cmd
 
 
+def default_state_dir(role: str) -> Path:
+    """Per-user state folder of a zk0 service: ``$XDG_STATE_HOME/zk0/<role>``.
+
+    Args:
+        role: ``"supernode"``, ``"superlink"``...
+
+    Returns:
+        ``$XDG_STATE_HOME/zk0/<role>``, by default ``~/.local/state/zk0/<role>``.
+    """
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "zk0" / role
+
+
+def site_env(site: SiteConfig) -> dict[str, str]:
+    """Environment of a site's processes for its ``cache_dir`` (empty: the usual caches)."""
+    if site.cache_dir is None:
+        return {}
+    cache = Path(site.cache_dir).expanduser().absolute()
+    return {"HF_HOME": str(cache / "huggingface"), "HF_LEROBOT_HOME": str(cache / "lerobot"),
+            "ZK0_CACHE_DIR": str(cache / "zk0")}
+
+
+def write_site_file(site: SiteConfig, path: Path) -> Path:
+    """Write the site's settings as JSON for its ClientApp (node config ``site-config``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(site.model_dump_json(indent=2), encoding="utf-8")
+    return path
+
+
 # --- checks -------------------------------------------------------------------------------
+
+
+def check_on_coordinator(superlink: str) -> None:
+    """Refuse to submit from a machine that is not the SuperLink's (the coordinator).
+
+    The ServerApp runs next to the SuperLink and writes the run directory on that machine;
+    ``zk0 train --superlink`` follows that directory, so it must run there too. A host is
+    this machine's when it resolves to an address this machine can bind (loopback
+    included).
+
+    Raises:
+        UsageError: ``superlink`` names another machine (or does not resolve).
+    """
+    host, _port = parse_address(superlink)
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError as err:
+        raise UsageError(f"--superlink {superlink}: cannot resolve {host!r} "
+                         f"({err.strerror or err}).") from None
+    for addr in addresses:
+        family = socket.AF_INET6 if ":" in str(addr) else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((str(addr), 0))
+                return
+            except OSError:
+                continue
+    raise UsageError(
+        f"--superlink {superlink}: {host} is not this machine. `zk0 train --superlink` must "
+        "run on the coordinator (the machine of the SuperLink): the ServerApp writes the run "
+        "directory there and this command follows it. Log in to the coordinator and run it "
+        "there, e.g. with --superlink 127.0.0.1:PORT (see docs/deployment.md).")
 
 
 def probe_superlink(conn: ConnectionOptions, *, timeout_s: float = 5.0) -> None:
@@ -202,8 +258,8 @@ def start_superlink(opts: SuperLinkOptions, *, work: Path, log_path: Path,
 
 
 def start_supernode(opts: SuperNodeOptions, *, log_path: Path, home: Path,
-                    on_command: CommandFn | None = None, settle_s: float = 4.0
-                    ) -> subprocess.Popen[Any]:
+                    on_command: CommandFn | None = None, settle_s: float = 4.0,
+                    env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
     """Start a SuperNode; fail fast if the SuperLink refuses it within ``settle_s``.
 
     Raises:
@@ -213,8 +269,8 @@ def start_supernode(opts: SuperNodeOptions, *, log_path: Path, home: Path,
     cmd = supernode_command(opts)
     _announce(cmd, on_command)
     home.mkdir(parents=True, exist_ok=True)
-    proc = start_process(cmd, env=flower_env({"FLWR_HOME": str(home)}), log_path=log_path,
-                         cwd=home.parent)
+    proc = start_process(cmd, env=flower_env({"FLWR_HOME": str(home), **(env or {})}),
+                         log_path=log_path, cwd=home.parent)
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -312,8 +368,11 @@ def run_deployment(config: RunConfig, rundir: RunDir, *, superlink: str,
 
 
 def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | None,
-                       keys: Sequence[Path | None]) -> list[SuperNodeOptions]:
+                       keys: Sequence[Path | None], work: Path) -> list[SuperNodeOptions]:
     """SuperNode options for a local trial: node i trains on ``data.clients[i]``.
+
+    Each node's site file (``work/node_<i>/site.json``) names its dataset, the config's
+    ``data.rename_map``, ``model.device`` and ``training.num_workers``.
 
     Raises:
         UsageError: ``data.partition = "episodes"`` or fewer datasets than nodes.
@@ -330,10 +389,13 @@ def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | Non
     out = []
     for i, key in enumerate(keys):
         ref = resolve_dataset(config.data.clients[i], config.data.sim)
+        site = SiteConfig(dataset=ref.repo_id, dataset_root=ref.root,
+                          rename_map=config.data.rename_map, device=config.model.device,
+                          num_workers=config.training.num_workers, client_id=str(i))
         out.append(SuperNodeOptions(
             superlink=superlink, root_certificates=tls.ca_cert if tls else None,
-            insecure=tls is None, dataset=ref.repo_id, dataset_root=ref.root, auth_key=key,
-            port=free_port(), client_id=str(i)))
+            insecure=tls is None, auth_key=key, port=free_port(),
+            site_file=write_site_file(site, work / f"node_{i}" / "site.json")))
     return out
 
 
@@ -376,7 +438,7 @@ def _local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, wor
         keys = [_node_key(opts.tls_dir, work / "certs", i) for i in range(1, opts.nodes + 1)]
     port = free_port()
     address = f"127.0.0.1:{port}"
-    nodes = local_node_options(config, superlink=address, tls=tls, keys=keys)
+    nodes = local_node_options(config, superlink=address, tls=tls, keys=keys, work=work)
     sl_opts = SuperLinkOptions(host="127.0.0.1", port=port, tls_dir=opts.tls_dir or
                                (work / "certs" if tls else None), insecure=tls is None,
                                auth=opts.auth)
@@ -430,25 +492,56 @@ def serve_superlink(opts: SuperLinkOptions, *, state_dir: Path,
         stop_tree(proc)
 
 
-def serve_supernode(opts: SuperNodeOptions, *, state_dir: Path,
+def check_site_before_connecting(site: SiteConfig) -> None:
+    """Validate a site's dataset and rename map (in its cache) before it connects.
+
+    Raises:
+        DatasetError: The dataset is missing, not LeRobotDataset v3.0, has no episodes or
+            unreadable features.
+        ConfigError: The rename map names a key the dataset lacks.
+    """
+    import os
+
+    from zk0cli.core.site import check_site
+
+    saved = {k: os.environ.get(k) for k in site_env(site)}
+    os.environ.update(site_env(site))
+    try:
+        check_site(site)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def serve_supernode(opts: SuperNodeOptions, site: SiteConfig, *, state_dir: Path,
                     on_command: CommandFn | None = None,
                     on_ready: Callable[[], None] | None = None) -> int:
-    """Probe the SuperLink, then run a SuperNode until it exits or Ctrl-C.
+    """Check the site, probe the SuperLink, then run a SuperNode until it exits or Ctrl-C.
+
+    Nothing is written before the checks pass, and only under ``state_dir`` (the site
+    file ``site.json``, the log and Flower's files).
 
     Returns:
         0 when it was stopped cleanly.
 
     Raises:
+        DatasetError: The site's dataset does not pass :func:`check_site_before_connecting`.
+        ConfigError: Its rename map names a key the dataset lacks.
         SuperLinkConnectionError: The SuperLink cannot be reached or TLS fails.
         NodeRefusedError: The SuperLink refused the node's key.
         FederationError: The node exited with an error.
         KeyboardInterrupt: After stopping it.
     """
+    check_site_before_connecting(site)
     probe_superlink(opts)
     state_dir.mkdir(parents=True, exist_ok=True)
+    opts = opts.model_copy(update={"site_file": write_site_file(site, state_dir / "site.json")})
     log_path = state_dir / "supernode.log"
     proc = start_supernode(opts, log_path=log_path, home=state_dir / "flwr_home",
-                           on_command=on_command)
+                           on_command=on_command, env=site_env(site))
     try:
         if on_ready:
             on_ready()

@@ -128,32 +128,19 @@ class ConnectionOptions(_Options):
 
 
 class SuperNodeOptions(ConnectionOptions):
-    """``zk0 train supernode``: a site joining a federation with its private dataset."""
+    """``zk0 train supernode``: how a site's SuperNode connects (its data: ``SiteConfig``)."""
 
-    dataset: str = Field(..., min_length=1, description="--dataset repo id or name")
-    dataset_root: Path | None = Field(None, description="--dataset-root local folder")
     auth_key: Path | None = Field(None, description="--auth-key node-<i>.key")
     port: int | None = Field(None, ge=1, le=65535, description="--port of the node's own API")
-    client_id: str | None = Field(None, description="--client-id shown in the run directory")
+    site_file: Path | None = Field(None, description="the site's settings as JSON (written "
+                                   "by zk0 in the state folder, read by the ClientApp)")
 
-    @field_validator("dataset_root")
+    @field_validator("site_file")
     @classmethod
-    def _root(cls, v: Path | None) -> Path | None:
-        if v is None:
-            return None
-        path = Path(v).expanduser().absolute()
-        if not path.is_dir():
-            raise ValueError(f"dataset folder {path} does not exist")
-        if '"' in str(path):
+    def _site_file(cls, v: Path | None) -> Path | None:
+        if v is not None and '"' in str(v):
             raise ValueError("the path must not contain a double quote (Flower node config)")
-        return path
-
-    @field_validator("dataset", "client_id")
-    @classmethod
-    def _no_quotes(cls, v: str | None) -> str | None:
-        if v is not None and ('"' in v or "'" in v or not v.strip()):
-            raise ValueError("must be non-empty and must not contain quotes")
-        return v
+        return Path(v).absolute() if v is not None else None
 
     @field_validator("auth_key")
     @classmethod

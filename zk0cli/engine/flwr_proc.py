@@ -213,21 +213,30 @@ def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
         fh.close()
 
 
+#: ClientApp component that replaces zk0's own in every app made here (tests only: e.g.
+#: ``"zk0cli.testing_faults:app"``); ``None`` ships ``zk0cli.flower.client_app:app``.
+CLIENTAPP: str | None = None
+_SHIPPED_CLIENTAPP = 'clientapp = "zk0cli.flower.client_app:app"'
+
+
 def make_app_dir(directory: Path, *, clientapp: str | None = None) -> Path:
     """Copy the zk0 Flower App definition (a pyproject.toml) into ``directory``.
 
     Args:
-        directory: Target folder (created if needed).
+        directory: Folder to write (created if needed).
         clientapp: ``"module:attribute"`` of another ClientApp (tests and benchmarks);
-            ``None`` keeps zk0's.
+            default :data:`CLIENTAPP`, else zk0's own.
+
+    Returns:
+        ``directory``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     text = _APP_PYPROJECT.read_text(encoding="utf-8")
-    if clientapp is not None:
-        default = 'clientapp = "zk0cli.flower.client_app:app"'
-        if default not in text:
+    component = clientapp or CLIENTAPP
+    if component is not None:
+        if _SHIPPED_CLIENTAPP not in text:
             raise ValueError(f"{_APP_PYPROJECT} does not name the default ClientApp")
-        text = text.replace(default, f"clientapp = {json.dumps(clientapp)}")
+        text = text.replace(_SHIPPED_CLIENTAPP, f"clientapp = {json.dumps(component)}")
     (directory / "pyproject.toml").write_text(text, encoding="utf-8")
     return directory
 

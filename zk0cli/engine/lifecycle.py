@@ -282,6 +282,7 @@ def train(req: RunRequest, target: TrainTarget, ui: RunDisplay, *,
     fresh = load_config(req) if req.resume is None else None
     if fresh is not None:
         _check_resources(fresh, ui, simulation=False)
+    D.check_on_coordinator(conn.superlink)  # the run directory is written there
     D.probe_superlink(conn)  # before a run directory exists or is changed
     rundir, cfg = (None, fresh) if fresh is not None else open_resume(req, ui)
     with ui.status("preparing the server's datasets..."):

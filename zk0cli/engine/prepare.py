@@ -24,8 +24,9 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
     Raises:
         DatasetError: A dataset cannot be opened (missing root, wrong version, offline Hub),
             a client's partition would be empty (``data.heldout_episodes`` too large, more
-            clients than episodes), ``data.video_backend`` cannot load, or its frames are
-            unusable (:func:`check_local_dataset`).
+            clients than episodes), ``data.video_backend`` cannot load, its frames are
+            unusable (:func:`check_local_dataset`), or a client's dataset does not fit the
+            policy's inputs (the join check).
     """
     from zk0cli.core import data as D
 
@@ -43,6 +44,9 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
         names.append(ref.name)
         logger.info("dataset ready: %s (%s)", ref.name, ref.root or ref.repo_id)
     D.client_partitions(config)  # every client's share is non-empty, before any process starts
+    from zk0cli.core.site import check_all_clients
+
+    check_all_clients(config)  # every client's inputs fit the policy, before any process
     return names
 
 

@@ -1,28 +1,32 @@
 """The zk0 ClientApp: one round of local FedProx training on this site's dataset.
 
-Which dataset a client trains on: in simulation, ``data.clients`` entry (or episode
-share) number ``partition-id``; in deployment, the SuperNode's node config
-(``dataset`` and optional ``dataset-root``, see ``zk0 train supernode``).
+A ClientApp reads nothing from the coordinator's disk: the run's settings arrive in every
+message as the train instruction (:mod:`zk0cli.core.contract.instruction`), and the site
+owns the rest — its dataset, rename map, device and workers (:class:`~zk0cli.core.config.
+SiteConfig`, named in the node config by ``zk0 train supernode``). In simulation the data
+plan (``data.clients`` entry or episode share number ``partition-id``) travels in the
+instruction, since every simulated client runs on the coordinator.
 
-Every message gets a reply. When local training fails, the reply carries the failure
-(``failed`` = 1 and the error text) instead of weights, so the server can record it and
-go on without waiting for the round timeout.
+Every message gets a reply. When local training fails, or the instruction cannot be
+read, the reply carries the failure (``failed`` = 1 and the error text) instead of
+weights, so the server can record it and go on without waiting for the round timeout.
 """
 
 from __future__ import annotations
 
-import time
+import json
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from zk0cli import constants as K
-from zk0cli.core.config import DatasetSpec, RunConfig
+from zk0cli.core.config import SiteConfig
 from zk0cli.flower.actor_restarts import install_in_simulation_runtime
-from zk0cli.flower.common import fault_for, run_config_of
 from zk0cli.log import logger, quiet_libraries
 
 app = ClientApp()
@@ -30,6 +34,9 @@ quiet_libraries()  # this module is the ClientApp's entry point (loaded by Flowe
 
 # In Flower's simulation runtime, dead Ray workers are replaced (zk0cli.flower.actor_restarts).
 install_in_simulation_runtime()
+
+#: ``tamper(client_id, tensors) -> tensors``: a hook for test ClientApps (never set here).
+Tamper = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -39,69 +46,130 @@ class _ClientState:
     dataset_name: str
     bundle: Any
     dataset: Any
+    rename_map: dict[str, str]
+    num_workers: int
     stats_digest: str | None = None  # federated statistics in use (None: the dataset's own)
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """What this client trains on, and with which of its own settings.
+
+    Attributes:
+        partition: The :class:`~zk0cli.core.data.ClientPartition`.
+        meta: The dataset's LeRobot metadata.
+        rename_map: Dataset key -> policy key (the site's own; in simulation
+            ``data.rename_map``).
+        device: Torch device name of local training.
+        num_workers: DataLoader workers.
+        simulated: ``True`` in simulation (clients share the coordinator's CPUs).
+    """
+
+    partition: Any
+    meta: Any
+    rename_map: dict[str, str]
+    device: str
+    num_workers: int
+    simulated: bool
 
 
 _CACHE: dict[str, _ClientState] = {}  # one warm client per process (Ray actors are reused)
 
 
-def _partition(cfg: RunConfig, context: Context) -> Any:
-    """This client's dataset partition (simulation: partition-id; deployment: node config)."""
+def site_of(context: Context) -> SiteConfig | None:
+    """The site's settings from the node config (``None`` in simulation).
+
+    ``zk0 train supernode`` names the site file (JSON, written in the site's state folder)
+    under :data:`~zk0cli.constants.NODE_SITE_CONFIG_KEY`; a SuperNode started by hand may
+    give ``dataset`` (and ``dataset-root``) instead.
+    """
+    node = context.node_config
+    if K.NODE_SITE_CONFIG_KEY in node:
+        path = Path(str(node[K.NODE_SITE_CONFIG_KEY]))
+        return SiteConfig.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    if K.NODE_DATASET_KEY in node:
+        return SiteConfig(dataset=str(node[K.NODE_DATASET_KEY]),
+                          dataset_root=str(node.get(K.NODE_DATASET_ROOT_KEY, "")) or None,
+                          client_id=str(node[K.PARTITION_ID_KEY])
+                          if K.PARTITION_ID_KEY in node else None)
+    return None
+
+
+def plan_of(instr: Any, context: Context) -> SitePlan:
+    """This client's dataset partition and settings (deployment: its site; simulation: plan).
+
+    Raises:
+        DatasetError: The dataset cannot be opened or holding out episodes leaves none.
+        InstructionError: A simulated client got an instruction without the data plan.
+    """
     from zk0cli.core import data as D
 
-    node = context.node_config
-    if K.NODE_DATASET_KEY in node:
-        name = str(node[K.NODE_DATASET_KEY])
-        root = str(node.get(K.NODE_DATASET_ROOT_KEY, "")) or None
-        spec = DatasetSpec(source="local" if root else "hub", name=name, root=root)
-        ref = D.resolve_dataset(spec, cfg.data.sim)
+    site = site_of(context)
+    if site is not None:
+        from zk0cli.core.site import dataset_ref
+
+        ref = dataset_ref(site)
         meta = D.load_metadata(ref)
-        n = int(meta.total_episodes)
-        k = cfg.data.heldout_episodes if n > cfg.data.heldout_episodes else 0
-        client_id = str(node.get(K.PARTITION_ID_KEY, context.node_id))
-        return D.ClientPartition(client_id, name, ref, list(range(n - k)), list(range(n - k, n)))
-    pid = int(node[K.PARTITION_ID_KEY])
-    return D.client_partition(cfg, pid)
+        client_id = site.client_id or str(context.node_id)
+        part = D.site_partition(client_id, ref, meta,
+                                heldout_episodes=instr.heldout_episodes)
+        return SitePlan(part, meta, dict(site.rename_map), site.device, site.num_workers,
+                        simulated=False)
+    if instr.simulation is None:
+        from zk0cli.errors import InstructionError
+
+        raise InstructionError("simulation", None, "the data plan of a simulated run (this "
+                               "node has no site settings in its node config)")
+    from zk0cli.core.config import FederationConfig, RunConfig
+
+    cfg = RunConfig(data=instr.simulation, model=instr.model,
+                    federation=FederationConfig(num_clients=instr.num_clients))
+    part = D.client_partition(cfg, int(context.node_config[K.PARTITION_ID_KEY]))
+    return SitePlan(part, D.load_metadata(part.ref), dict(instr.simulation.rename_map),
+                    instr.model.device, instr.training.num_workers, simulated=True)
 
 
-def _state(cfg: RunConfig, context: Context, cfg_key: str) -> _ClientState:
+def _check_join(instr: Any, plan: SitePlan) -> Any:
+    """The join report of this client (see :func:`zk0cli.core.site.join_report`)."""
+    from zk0cli.core.site import dataset_shapes, join_report
+
+    return join_report(plan.partition.client_id, plan.partition.name,
+                       dataset_shapes(plan.meta), plan.rename_map, instr.input_features,
+                       allow_missing_cameras=instr.allow_missing_cameras)
+
+
+def _state(instr: Any, context: Context) -> _ClientState:
     from zk0cli.core import data as D
     from zk0cli.core.policy import build_policy
+    from zk0cli.errors import DatasetError
 
-    # The partition follows from the config and the node config: check the warm client
-    # before resolving it (that reads every client dataset's metadata, ~0.2 s a round).
-    key = (cfg_key, tuple(sorted((k, str(v)) for k, v in context.node_config.items())))
+    # Warm client: the run's settings (without the per-round values and statistics) and
+    # the node config decide the policy and the dataset.
+    run_part = instr.model_dump_json(exclude={"stats", "round", "lr", "steps", "mu"})
+    key = (run_part, tuple(sorted((k, str(v)) for k, v in context.node_config.items())))
     cached = _CACHE.get("client")
     if cached is not None and cached.key == key:
         return cached
-    part = _partition(cfg, context)
+    plan = plan_of(instr, context)
+    report = _check_join(instr, plan)
+    if not report.ok:
+        raise DatasetError(report.describe())
     _CACHE.clear()
-    if K.NODE_DATASET_KEY not in context.node_config:
+    if plan.simulated:
         import torch  # simulation: clients share the machine; use the CPUs Ray reserved
 
-        torch.set_num_threads(cfg.federation.client_cpus)
-    meta = D.load_metadata(part.ref)
-    bundle = build_policy(cfg.model, meta=meta, rename_map=cfg.data.rename_map,
-                          stats=D.dataset_stats(meta, cfg.data.rename_map), seed=cfg.seed,
-                          allow_missing_cameras=cfg.model.allow_missing_cameras)
-    dataset = D.open_dataset(part.ref, episodes=part.train_episodes,
+        torch.set_num_threads(instr.client_cpus)
+    model = instr.model.model_copy(update={"device": plan.device})
+    bundle = build_policy(model, meta=plan.meta, rename_map=plan.rename_map,
+                          stats=D.dataset_stats(plan.meta, plan.rename_map), seed=instr.seed,
+                          allow_missing_cameras=instr.allow_missing_cameras)
+    dataset = D.open_dataset(plan.partition.ref, episodes=plan.partition.train_episodes,
                              chunk_size=bundle.policy.config.chunk_size,
-                             video_backend=cfg.data.video_backend)
-    state = _ClientState(key, part.client_id, part.name, bundle, dataset)
+                             video_backend=instr.video_backend)
+    state = _ClientState(key, plan.partition.client_id, plan.partition.name, bundle, dataset,
+                         plan.rename_map, plan.num_workers)
     _CACHE["client"] = state
     return state
-
-
-def _number(conf: ConfigRecord, key: str, default: float) -> float:
-    """A numeric train-config value sent by the server.
-
-    Raises:
-        ValueError: The server sent something that is not a number.
-    """
-    value = conf.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"train config {key!r} must be a number, got {value!r}")
-    return float(value)
 
 
 def _round_seed(seed: int, server_round: int, client_id: str) -> int:
@@ -111,94 +179,136 @@ def _round_seed(seed: int, server_round: int, client_id: str) -> int:
     return (seed * 1_000_003 + server_round * 7919 + zlib.crc32(client_id.encode())) % 2**31
 
 
-def _inject(fault: str, tensors: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    name = sorted(tensors)[0]
-    if fault == "raise":
-        raise RuntimeError("injected client failure (ZK0_FAULT_INJECTION)")
-    if fault == "hang":
-        time.sleep(10**6)
-    if fault == "nan":
-        tensors[name] = torch.full_like(tensors[name], float("nan"))
-    if fault == "shape":
-        tensors[name] = torch.zeros(1)
-    return tensors
-
-
-def _failure_reply(msg: Message, client_id: str, error: str) -> Message:
+def failure_reply(msg: Message, client_id: str, error: str) -> Message:
+    """A train reply that carries a failure instead of weights."""
     metrics = MetricRecord({K.FAILED: 1, K.NUM_EXAMPLES_KEY: 0})
     info = ConfigRecord({K.CLIENT_ID: client_id, K.ERROR: error})
     return Message(RecordDict({K.METRICS_KEY: metrics, K.INFO_KEY: info}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train on the local dataset from the received global tensors; reply with the update."""
-    client_id = str(context.node_config.get(K.PARTITION_ID_KEY, context.node_id))
+def _client_id(context: Context) -> str:
+    node = context.node_config
+    if K.PARTITION_ID_KEY in node:
+        return str(node[K.PARTITION_ID_KEY])
     try:
+        site = site_of(context)
+    except Exception:  # noqa: BLE001 - the handler reports it
+        site = None
+    return site.client_id if site is not None and site.client_id else str(context.node_id)
+
+
+def run_train(msg: Message, context: Context, *, tamper: Tamper | None = None) -> Message:
+    """Train on the local dataset from the received global tensors; the reply.
+
+    Args:
+        msg: The train message (global tensors and the train instruction).
+        context: The node's context (node config: the site's settings).
+        tamper: Test hook applied to the tensors before they are sent.
+
+    Returns:
+        The update, or a failure reply naming the error.
+    """
+    client_id = _client_id(context)
+    try:
+        from zk0cli.core.contract.instruction import decode_train
         from zk0cli.core.data import make_loader
         from zk0cli.core.policy import set_trainable_state
         from zk0cli.core.trainer import train_round
-        from zk0cli.core.transport import from_array_record, to_array_record
+        from zk0cli.core.transport import from_array_record
 
-        cfg, _run_dir = run_config_of(dict(context.run_config))
-        state = _state(cfg, context, str(context.run_config.get(K.RUN_CONFIG_PATH_KEY)))
+        instr = decode_train(msg.content.config_records[K.CONFIG_KEY])
+        state = _state(instr, context)
         client_id = state.client_id
-        conf = msg.content.config_records[K.CONFIG_KEY]
-        server_round = int(_number(conf, K.ROUND_KEY, _number(conf, K.SERVER_ROUND_KEY, 0)))
-        if K.STATS_KEY in conf:  # data.stats = "federated": normalise with the merged stats
+        if instr.stats is not None:  # data.stats = "federated": normalise with merged stats
             from zk0cli.flower.stats import apply_stats
 
             state.bundle, state.stats_digest = apply_stats(
-                state.bundle, str(conf[K.STATS_KEY]), cfg, state.stats_digest)
+                state.bundle, instr.stats, state.rename_map, state.stats_digest)
         set_trainable_state(state.bundle.policy,
                             from_array_record(msg.content.array_records[K.ARRAYS_KEY]),
                             source="server")
         # A fresh loader per round, seeded by (seed, round, client): the data order of a
         # round does not depend on which process ran the earlier rounds (resume-safe).
-        loader = make_loader(state.dataset, batch_size=cfg.training.batch_size, shuffle=True,
-                             seed=_round_seed(cfg.seed, server_round, client_id),
-                             num_workers=cfg.training.num_workers)
-        result = train_round(
-            state.bundle, loader,
-            steps=int(_number(conf, K.STEPS_KEY, cfg.training.steps_per_round)),
-            lr=_number(conf, K.LR_KEY, cfg.training.lr),
-            mu=_number(conf, K.PROXIMAL_MU_KEY, 0.0),
-            training=cfg.training, dataset_name=state.dataset_name,
-            seed=_round_seed(cfg.seed, server_round, client_id),
-        )
-        tensors = result.tensors
-        fault = fault_for(client_id)
-        if fault:
-            tensors = _inject(fault, dict(tensors))
+        seed = _round_seed(instr.seed, instr.round, client_id)
+        loader = make_loader(state.dataset, batch_size=instr.training.batch_size,
+                             shuffle=True, seed=seed, num_workers=state.num_workers)
+        result = train_round(state.bundle, loader, steps=instr.steps, lr=instr.lr,
+                             mu=instr.mu, training=instr.training,
+                             dataset_name=state.dataset_name, seed=seed)
+        tensors = result.tensors if tamper is None else tamper(client_id, dict(result.tensors))
     except Exception as err:  # report, never leave the server waiting
         logger.error("client %s: local training failed: %s", client_id, err)
         logger.debug("%s", traceback.format_exc())
-        return _failure_reply(msg, client_id, f"{type(err).__name__}: {err}")
-    numbers: dict[str, Any] = {k: v for k, v in result.metrics.items()
+        return failure_reply(msg, client_id, f"{type(err).__name__}: {err}")
+    return _update_reply(msg, client_id, tensors, result.metrics, instr.transport_dtype)
+
+
+def _update_reply(msg: Message, client_id: str, tensors: dict[str, Any],
+                  metrics: dict[str, Any], transport_dtype: Any) -> Message:
+    from zk0cli.core.transport import to_array_record
+
+    numbers: dict[str, Any] = {k: v for k, v in metrics.items()
                                if isinstance(v, int | float) and not isinstance(v, bool)}
-    numbers[K.NUM_EXAMPLES_KEY] = int(result.metrics[K.NUM_EXAMPLES])
-    strings: dict[str, Any] = {k: v for k, v in result.metrics.items() if isinstance(v, str)}
+    numbers[K.NUM_EXAMPLES_KEY] = int(metrics[K.NUM_EXAMPLES])
+    strings: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, str)}
     strings[K.CLIENT_ID] = client_id
     content = RecordDict({
-        K.ARRAYS_KEY: to_array_record(tensors, transport_dtype=cfg.federation.transport_dtype),
+        K.ARRAYS_KEY: to_array_record(tensors, transport_dtype=transport_dtype),
         K.METRICS_KEY: MetricRecord(numbers),
         K.INFO_KEY: ConfigRecord(strings),
     })
     return Message(content, reply_to=msg)
 
 
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train on the local dataset from the received global tensors; reply with the update."""
+    return run_train(msg, context)
+
+
+def _error_info(msg: Message, client_id: str, err: Exception) -> Message:
+    info = ConfigRecord({K.CLIENT_ID: client_id, K.ERROR: f"{type(err).__name__}: {err}"})
+    return Message(RecordDict({K.INFO_KEY: info}), reply_to=msg)
+
+
 @app.query(K.STATS_ACTION)
 def stats(msg: Message, context: Context) -> Message:
     """Reply with the sufficient statistics of this client's training episodes."""
+    from zk0cli.core.contract.instruction import decode_run
     from zk0cli.flower.stats import answer_stats
 
-    client_id = str(context.node_config.get(K.PARTITION_ID_KEY, context.node_id))
+    client_id = _client_id(context)
     try:
-        cfg, _run_dir = run_config_of(dict(context.run_config))
-        part = _partition(cfg, context)
+        instr = decode_run(msg.content.config_records.get(K.CONFIG_KEY, ConfigRecord()))
+        plan = plan_of(instr, context)
     except Exception as err:  # report, never leave the server waiting
-        info = ConfigRecord({K.CLIENT_ID: client_id, K.ERROR: f"{type(err).__name__}: {err}"})
-        return Message(RecordDict({K.INFO_KEY: info}), reply_to=msg)
-    return answer_stats(msg, cfg, part, part.client_id)
+        return _error_info(msg, client_id, err)
+    return answer_stats(msg, instr, plan.partition, plan.rename_map)
+
+
+@app.query(K.JOIN_ACTION)
+def join(msg: Message, context: Context) -> Message:
+    """Reply with this site's join report: its dataset against the policy's inputs."""
+    from zk0cli.core.contract.instruction import decode_run
+    from zk0cli.core.site import JoinReport
+
+    client_id = _client_id(context)
+    try:
+        instr = decode_run(msg.content.config_records.get(K.CONFIG_KEY, ConfigRecord()))
+        plan = plan_of(instr, context)
+        report = _check_join(instr, plan)
+    except Exception as err:  # report, never leave the server waiting
+        site = site_of_safe(context)
+        report = JoinReport(client_id=client_id, dataset=site.dataset if site else "?",
+                            ok=False, problems=[f"{type(err).__name__}: {err}"])
+    info = ConfigRecord({K.CLIENT_ID: report.client_id,
+                         K.JOIN_REPORT_KEY: report.model_dump_json()})
+    return Message(RecordDict({K.INFO_KEY: info}), reply_to=msg)
+
+
+def site_of_safe(context: Context) -> SiteConfig | None:
+    """:func:`site_of`, or ``None`` when the site file cannot be read."""
+    try:
+        return site_of(context)
+    except Exception:  # noqa: BLE001 - only for naming the site in a failure report
+        return None

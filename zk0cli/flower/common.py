@@ -1,4 +1,8 @@
-"""What the ServerApp and ClientApp both read from a Flower ``Context``."""
+"""What the ServerApp reads from a Flower ``Context`` (on the coordinator).
+
+A ClientApp never calls this: the coordinator's files are not on the sites; the
+sites get the train instruction (:mod:`zk0cli.core.contract.instruction`) instead.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ from typing import Any
 
 from zk0cli import constants as K
 from zk0cli.core.config import RunConfig, validate_config
-
-FAULT_ENV = "ZK0_FAULT_INJECTION"
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,16 +36,3 @@ def run_config_of(run_config: dict[str, Any]) -> tuple[RunConfig, Path]:
             "paths; start federations with `zk0 simulate` or `zk0 train`"
         )
     return _load_config(cfg_path, os.path.getmtime(cfg_path)), Path(run_dir)
-
-
-def fault_for(client_id: str) -> str | None:
-    """Fault to inject for a client (test harness only).
-
-    ``ZK0_FAULT_INJECTION`` holds JSON ``{"<client_id>" or "*": "<mode>"}`` with mode
-    ``raise``, ``nan``, ``shape`` or ``hang``. Unset in normal runs.
-    """
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    table = json.loads(raw)
-    return table.get(client_id, table.get("*"))

@@ -17,6 +17,7 @@ from typing import Any, cast
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from zk0cli import constants as K
 from zk0cli.core.config import RunConfig
 from zk0cli.core.contract import EVAL, REL_LATEST, ServerRoundRecord
 from zk0cli.core.recorder import RunRecorder
@@ -116,13 +117,39 @@ class RoundHook:
         self.policy.checkpointed()
 
 
+def run_instruction_of(cfg: RunConfig, rundir: RunDir, evaluator: Any) -> Any:
+    """The run's train instruction: the config's site settings and the policy's inputs."""
+    from zk0cli.core.contract.instruction import features_of, run_instruction
+
+    simulated = str(rundir.read_run().get("engine")) == "simulation"
+    return run_instruction(cfg, input_features=features_of(evaluator.bundle.policy.config),
+                           stats=None, simulation=simulated)
+
+
+def join_check(grid: Grid, cfg: RunConfig, rundir: RunDir, instruction: Any) -> None:
+    """Ask every site to check its dataset against the policy; record the reports.
+
+    Raises:
+        JoinCheckError: Fewer than ``federation.min_clients`` sites passed (run.json's
+            ``join_check`` holds the reports; ``zk0 train`` exits 2).
+    """
+    from zk0cli.flower.join import JoinCheckError, query_join
+
+    try:
+        reports = query_join(grid, cfg, instruction)
+    except JoinCheckError as err:
+        rundir.update_run(join_check=[r.model_dump() for r in err.reports])
+        raise
+    rundir.update_run(join_check=[r.model_dump() for r in reports])
+
+
 def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder) -> None:
     """Run the whole federation from the ServerApp.
 
     Raises:
         FederationError: Too many consecutive rounds without a valid reply, or none at all.
     """
-    from zk0cli import constants as K
+    from zk0cli.core.contract.instruction import encode
     from zk0cli.core.evaluation import ServerEvaluator
     from zk0cli.core.policy import get_trainable_state
     from zk0cli.core.schedules import lr_schedule, mu_schedule
@@ -164,13 +191,17 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     # number of clients) and reporting each one (server/progress.json)
     grid = cast(Grid, ProgressGrid(streaming_grid(grid), rundir.server_dir,
                                    round_offset=start.offset))
+    instruction = run_instruction_of(cfg, rundir, evaluator)
+    if not instruction.simulation:  # zk0 simulate checked every client before it started
+        join_check(grid, cfg, rundir, instruction)
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 
-        merged = query_stats(grid, cfg)
+        merged = query_stats(grid, cfg, instruction)
         if merged is not None:
             evaluator.use_stats(merged)
-            train_config[K.STATS_KEY] = merged
+            instruction = instruction.model_copy(update={"stats": merged})
+    train_config = ConfigRecord(encode(instruction))
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
     write_progress(rundir.server_dir, phase="round 0 evaluation" if not start.offset else
                    f"resuming after round {start.offset}", server_round=start.offset)

@@ -5,8 +5,10 @@ Before round 1 (``data.stats = "federated"``) the server sends a Flower query me
 the sufficient statistics of its training episodes (:func:`zk0cli.core.stats.compute_sums`:
 count, sums, sums of squares, min, max; never raw data) as JSON in a ``ConfigRecord``.
 The server merges the answers exactly (:func:`zk0cli.core.stats.merge_sums`); the merged
-sums then ride in every round's train config (:data:`zk0cli.constants.STATS_KEY`) and
-clients rebuild their processors when they change (:func:`apply_stats`).
+sums then ride in every round's train instruction
+(:class:`~zk0cli.core.contract.instruction.RunInstruction` ``stats``) and clients rebuild
+their processors when they change (:func:`apply_stats`). The query carries the run's
+instruction too: a client reads nothing from the coordinator's disk.
 
 Clients that fail to answer are left out of the merge with a warning; when none
 answers, every client keeps its own statistics (the ``local`` behaviour).
@@ -23,7 +25,7 @@ from zk0cli.core.config import RunConfig
 from zk0cli.log import logger
 
 
-def query_stats(grid: Any, cfg: RunConfig) -> str | None:
+def query_stats(grid: Any, cfg: RunConfig, instruction: Any) -> str | None:
     """Ask every connected client for its statistics and merge them (server side).
 
     Waits up to ``federation.node_wait_timeout_s`` (else ``round_timeout_s``) for all
@@ -33,18 +35,20 @@ def query_stats(grid: Any, cfg: RunConfig) -> str | None:
     Args:
         grid: The ServerApp's Flower ``Grid``.
         cfg: The run configuration.
+        instruction: The run's :class:`~zk0cli.core.contract.instruction.RunInstruction`.
 
     Returns:
         The merged sufficient statistics as JSON, or ``None`` when no client answered.
     """
     from zk0cli.core.checks import non_finite_stats
+    from zk0cli.core.contract.instruction import encode
     from zk0cli.core.stats import merge_sums, sums_from_json, sums_to_json
     from zk0cli.core.strategy import wait_for_nodes
 
     fed = cfg.federation
     node_ids = wait_for_nodes(grid, cfg.num_clients,
                               timeout_s=fed.node_wait_timeout_s or fed.round_timeout_s)
-    conf = ConfigRecord({K.IMAGE_FRAMES_KEY: int(cfg.data.stats_image_frames)})
+    conf = ConfigRecord(encode(instruction))
     messages = [Message(RecordDict({K.CONFIG_KEY: conf}), dst_node_id=n,
                         message_type=f"{MessageType.QUERY}.{K.STATS_ACTION}")
                 for n in node_ids]
@@ -85,14 +89,16 @@ def query_stats(grid: Any, cfg: RunConfig) -> str | None:
     return sums_to_json(merged)
 
 
-def answer_stats(msg: Message, cfg: RunConfig, partition: Any, client_id: str) -> Message:
+def answer_stats(msg: Message, instruction: Any, partition: Any,
+                 rename_map: dict[str, str]) -> Message:
     """The client's reply to a ``query.stats`` message.
 
     Args:
         msg: The query.
-        cfg: The run configuration.
+        instruction: The run's :class:`~zk0cli.core.contract.instruction.RunInstruction`
+            (frames per camera, video backend).
         partition: The client's :class:`~zk0cli.core.data.ClientPartition`.
-        client_id: Reported with the statistics.
+        rename_map: The client's own dataset key -> policy key.
 
     Returns:
         A reply whose ``info`` ConfigRecord holds the JSON statistics of the training
@@ -100,29 +106,26 @@ def answer_stats(msg: Message, cfg: RunConfig, partition: Any, client_id: str) -
     """
     from zk0cli.core.stats import compute_sums, sums_to_json
 
-    conf = msg.content.config_records.get(K.CONFIG_KEY, ConfigRecord())
-    raw = conf.get(K.IMAGE_FRAMES_KEY, cfg.data.stats_image_frames)
-    frames = int(raw) if isinstance(raw, int | float) else cfg.data.stats_image_frames
-    info: dict[str, Any] = {K.CLIENT_ID: client_id}
+    info: dict[str, Any] = {K.CLIENT_ID: partition.client_id}
     try:
         sums = compute_sums(partition.ref, partition.train_episodes,
-                            rename_map=cfg.data.rename_map, image_frames=frames,
-                            video_backend=cfg.data.video_backend)
+                            rename_map=rename_map, image_frames=instruction.stats_image_frames,
+                            video_backend=instruction.video_backend)
         info[K.STATS_KEY] = sums_to_json(sums)
     except Exception as err:  # report, never leave the server waiting
-        logger.error("client %s: statistics failed: %s", client_id, err)
+        logger.error("client %s: statistics failed: %s", partition.client_id, err)
         info[K.ERROR] = f"{type(err).__name__}: {err}"
     return Message(RecordDict({K.INFO_KEY: ConfigRecord(info)}), reply_to=msg)
 
 
-def apply_stats(bundle: Any, text: str, cfg: RunConfig, current: str | None
+def apply_stats(bundle: Any, text: str, rename_map: dict[str, str], current: str | None
                 ) -> tuple[Any, str]:
     """Rebuild ``bundle``'s processors with merged statistics when they changed.
 
     Args:
         bundle: The client's :class:`~zk0cli.core.policy.PolicyBundle`.
-        text: Merged sufficient statistics (JSON) from the train config.
-        cfg: The run configuration (rename map).
+        text: Merged sufficient statistics (JSON) from the train instruction.
+        rename_map: The client's own dataset key -> policy key.
         current: Digest of the statistics ``bundle`` uses now (``None``: its own).
 
     Returns:
@@ -138,6 +141,6 @@ def apply_stats(bundle: Any, text: str, cfg: RunConfig, current: str | None
         return bundle, digest
     pre, post = make_processors(bundle.policy.config,
                                 stats=to_lerobot_stats(sums_from_json(text)),
-                                rename_map=cfg.data.rename_map)
+                                rename_map=rename_map)
     logger.info("normalising with the federated statistics %s", digest)
     return replace(bundle, preprocessor=pre, postprocessor=post), digest

@@ -222,6 +222,10 @@ class RunRecord(_Record):
         default_factory=list, description="One entry per `--resume`.")
     resume: ResumeFrom | None = Field(
         None, description="Where the current (resumed) process started.")
+    join_check: list[dict[str, Any]] = Field(
+        default_factory=list, description="Deployment: one join report per site before round 1 "
+        "(`client_id`, `dataset`, `ok`, `missing`, `extra`, `problems`, `rename_fix`, "
+        "`allow_missing_cameras`).")
     client_failures: list[str] = Field(
         default_factory=list, description="Clients that failed in some rounds, below "
         "`federation.max_client_failure_rate`: one line per client with its share and reasons.")
