@@ -111,3 +111,27 @@ def test_plots_integer_rounds_lr_and_mu_legend_and_visible_composite(tmp_path: P
     lr_ax, mu_ax = sched_fig.axes
     assert lr_ax.get_lines()[0].get_label() == "lr"
     assert mu_ax.get_lines()[0].get_label() == "proximal_mu"  # its own y axis
+
+
+def test_a_one_round_run_has_whole_round_ticks(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from zk0cli.analysis import plots
+
+    rd = write_run(tmp_path, rounds=1)
+    summary = analyze_run(rd.root, write_report=False).summary
+    before = set(plt.get_fignums())
+    for plot in (plots.plot_client_loss, plots.plot_param_update_norm,
+                 plots.plot_participation, plots.plot_schedule):
+        fig, axes = plots._figure()
+        real = plots._figure
+        plots._figure = lambda ncols=1, f=fig, a=axes: (f, a)  # type: ignore[assignment]
+        try:
+            plot(summary.rounds, tmp_path / f"{plot.__name__}.png")
+        finally:
+            plots._figure = real  # type: ignore[assignment]
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), (plot.__name__, ticks)
+    assert set(plt.get_fignums()) >= before

@@ -65,3 +65,15 @@ def test_parallelism_counts_gpus_as_ray_does():
     assert parallelism(_cfg("federation.client_gpus=1"), gpu_count=lambda: 1
                        ).parallel_clients == 1
     assert "GPU" not in parallelism(_cfg()).describe()
+
+
+def test_mps_needs_mps():
+    with pytest.raises(UsageError, match=r"model.device = 'mps' needs Apple's MPS"):
+        preflight.check_device("mps", field="model.device", mps=lambda: False)
+    preflight.check_device("mps", field="model.device", mps=lambda: True)  # fine on a Mac
+    for device in ("auto", "cpu"):
+        preflight.check_device(device, field="model.device", gpu_count=lambda: 0,
+                               mps=lambda: False)
+    if not torch.backends.mps.is_available():
+        with pytest.raises(UsageError, match="needs Apple's MPS"):
+            check_resources(_cfg("model.device=mps"))

@@ -115,3 +115,13 @@ def test_local_trial_nodes_get_their_site_files(tmp_path, so101_root):
     cmd = supernode_command(node)
     site_file = tmp_path / "node_0" / "site.json"
     assert cmd[cmd.index("--node-config") + 1] == f'site-config="{site_file}"'
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_exits_2_before_connecting(tmp_path, so101_root):
+    res, state = _supernode(tmp_path, "--dataset", "zk0test/so101", "--dataset-root",
+                            str(so101_root), "--device", "cuda")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "device (--device or the site file) = 'cuda' needs a CUDA GPU" in text
+    assert "SuperLink" not in res.output and not state.exists()

@@ -73,6 +73,10 @@ def _finish(fig: Any, axes: Sequence[Any], path: Path, title: str, ylabel: str,
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         lines = [*ax.get_lines(), *(line for t in twins for line in t.get_lines())]
+        rounds = sorted({float(x) for line in lines for x in line.get_xdata()})
+        if rounds and rounds[-1] - rounds[0] < 2:  # one or two rounds: the locator cannot
+            ax.set_xlim(rounds[0] - 0.5, rounds[-1] + 0.5)  # find integers in a tiny span
+            ax.set_xticks([int(r) for r in rounds])
         if lines:  # one legend for the axis and its twins (lr and mu together)
             ax.legend(lines, [str(line.get_label()) for line in lines], fontsize="small")
         else:

@@ -30,7 +30,7 @@ from typing import Any
 
 from zk0cli import constants as K
 from zk0cli.core.config import RunConfig, SiteConfig
-from zk0cli.core.contract import SUPERLINK_LOG
+from zk0cli.core.contract import SITE_STATE_FILE, SUPERLINK_LOG, SUPERNODE_STATE_LOG
 from zk0cli.core.rundir import RunDir
 from zk0cli.engine.certs import TlsFiles, make_certificates, make_node_keys, node_key_paths
 from zk0cli.engine.deploy_options import (
@@ -395,7 +395,7 @@ def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | Non
         out.append(SuperNodeOptions(
             superlink=superlink, root_certificates=tls.ca_cert if tls else None,
             insecure=tls is None, auth_key=key, port=free_port(),
-            site_file=write_site_file(site, work / f"node_{i}" / "site.json")))
+            site_file=write_site_file(site, work / f"node_{i}" / SITE_STATE_FILE)))
     return out
 
 
@@ -528,6 +528,7 @@ def serve_supernode(opts: SuperNodeOptions, site: SiteConfig, *, state_dir: Path
         0 when it was stopped cleanly.
 
     Raises:
+        UsageError: The site's device is not on this machine (``cuda``/``mps``).
         DatasetError: The site's dataset does not pass :func:`check_site_before_connecting`.
         ConfigError: Its rename map names a key the dataset lacks.
         SuperLinkConnectionError: The SuperLink cannot be reached or TLS fails.
@@ -535,11 +536,14 @@ def serve_supernode(opts: SuperNodeOptions, site: SiteConfig, *, state_dir: Path
         FederationError: The node exited with an error.
         KeyboardInterrupt: After stopping it.
     """
+    from zk0cli.engine.preflight import check_device
+
+    check_device(site.device, field="device (--device or the site file)")
     check_site_before_connecting(site)
     probe_superlink(opts)
     state_dir.mkdir(parents=True, exist_ok=True)
-    opts = opts.model_copy(update={"site_file": write_site_file(site, state_dir / "site.json")})
-    log_path = state_dir / "supernode.log"
+    opts = opts.model_copy(update={"site_file": write_site_file(site, state_dir / SITE_STATE_FILE)})
+    log_path = state_dir / SUPERNODE_STATE_LOG
     proc = start_supernode(opts, log_path=log_path, home=state_dir / "flwr_home",
                            on_command=on_command, env=site_env(site))
     try:

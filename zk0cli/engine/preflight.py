@@ -24,6 +24,40 @@ MIN_SHM_BYTES = 1 << 30
 SHM_PATH = Path("/dev/shm")
 
 
+def mps_available() -> bool:
+    """Whether torch can use Apple's MPS backend on this machine (False without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.backends.mps.is_available())
+
+
+def check_device(device: str, *, field: str, gpu_count: Callable[[], int] | None = None,
+                 mps: Callable[[], bool] = mps_available) -> None:
+    """Refuse a torch device this machine does not have (``auto`` and ``cpu`` always pass).
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        field: The option or field the user set, named in the error (``model.device``).
+        gpu_count: CUDA devices of this machine (injectable for tests).
+        mps: Whether MPS is available (injectable for tests).
+
+    Raises:
+        UsageError: ``cuda`` without a CUDA GPU, or ``mps`` without MPS.
+    """
+    count = gpu_count or cuda_devices
+    if device == "cuda" and count() == 0:
+        raise UsageError(
+            f"{field} = 'cuda' needs a CUDA GPU, and torch sees none on this machine "
+            "(torch.cuda.is_available() is False). Use 'auto' or 'cpu', or run on a machine "
+            "with CUDA.")
+    if device == "mps" and not mps():
+        raise UsageError(
+            f"{field} = 'mps' needs Apple's MPS backend, which torch does not have on this "
+            "machine (torch.backends.mps.is_available() is False). Use 'auto' or 'cpu'.")
+
+
 def cuda_devices() -> int:
     """CUDA devices torch sees on this machine (0 without CUDA or without torch)."""
     try:
@@ -65,6 +99,7 @@ def check_resources(config: RunConfig, *, simulation: bool = True,
             f"{' and '.join(needs_gpu)} needs a CUDA GPU, and torch sees none on this "
             "machine (torch.cuda.is_available() is False). Use model.device = 'auto' or "
             "'cpu' and federation.client_gpus = 0, or run on a machine with CUDA.")
+    check_device(config.model.device, field="model.device", gpu_count=gpu_count)
     if simulation and fed.client_cpus > cores:
         raise UsageError(
             f"federation.client_cpus = {fed.client_cpus} but this machine has {cores} CPU "

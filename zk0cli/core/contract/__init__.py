@@ -45,6 +45,9 @@ LOGS_DIR: Final = "logs"
 SERVER_LOG: Final = "server.log"
 SUPERLINK_LOG: Final = "superlink.log"
 SUPERSEDED_DIR: Final = "superseded"
+# A SuperNode's state folder (`zk0 train supernode`, on the site's machine): not the run's.
+SITE_STATE_FILE: Final = "site.json"  # the validated site settings the ClientApp reads
+SUPERNODE_STATE_LOG: Final = "supernode.log"  # the SuperNode's own log
 TENSORBOARD_DIR: Final = "tensorboard"  # <run>/tensorboard/: TensorBoard event files
 WANDB_DIR: Final = "wandb"  # <run>/wandb/: W&B's local run directories
 PROGRESS_FILE: Final = "progress.json"  # server/progress.json: phase and replies of the round
