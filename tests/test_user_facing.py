@@ -304,3 +304,16 @@ def test_console_shows_info_lines_only_with_verbose(verbose):
     shown = res.stdout + res.stderr
     assert "careful" in shown
     assert ("starting: flower-superlink" in shown) is verbose
+
+
+def test_heldout_larger_than_a_simulator_dataset_is_refused_before_generating(tmp_path,
+                                                                             monkeypatch):
+    from zk0cli.core import sim
+
+    def never(*args, **kwargs):
+        raise AssertionError("a simulator dataset was generated before the check")
+
+    monkeypatch.setattr(sim, "ensure_sim_dataset", never)
+    monkeypatch.chdir(tmp_path)
+    _refused(["simulate", "--preset", "tiny", "--set", "data.heldout_episodes=100"], tmp_path,
+             "data.heldout_episodes = 100", "leaves none")

@@ -197,6 +197,24 @@ def _split_heldout(name: str, total: int, k: int) -> tuple[list[int], list[int]]
     return list(range(total - k)), list(range(total - k, total))
 
 
+def check_sim_shares(cfg: RunConfig) -> None:
+    """Refuse held-out settings that would leave a simulator client nothing to train on.
+
+    A ``source = "sim"`` dataset will have ``episodes or data.sim.episodes`` episodes, so
+    this needs no generation: it runs before any dataset is made (with
+    ``data.partition = "dataset"``; an episode split is checked once the data exists).
+
+    Raises:
+        DatasetError: Naming the dataset, its episode count and ``data.heldout_episodes``.
+    """
+    if cfg.data.partition != "dataset":
+        return
+    for spec in cfg.data.clients[: max(cfg.num_clients, 1)]:
+        if spec.source == "sim":
+            _split_heldout(spec.name, spec.episodes or cfg.data.sim.episodes,
+                           cfg.data.heldout_episodes)
+
+
 def client_partition(cfg: RunConfig, index: int) -> ClientPartition:
     """Client ``index``'s share of the data; reads only the datasets that share needs.
 

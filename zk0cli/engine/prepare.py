@@ -31,6 +31,7 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
     from zk0cli.core import data as D
 
     D.check_video_backend(config.data.video_backend)
+    D.check_sim_shares(config)  # before minutes of generating simulator datasets
     names = []
     specs = [*config.data.clients[: max(config.num_clients, 1)], *config.data.eval]
     if config.data.partition == "episodes":
