@@ -31,7 +31,7 @@ def test_a_killed_ray_worker_is_replaced_and_its_client_trains_next_round(tmp_pa
     out = tmp_path / "run"
     mark = f"actor-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zk0cli", "simulate", "--preset", "tiny", "--rounds", "3",
+        [sys.executable, "-m", "zk0cli", "simulate", "--preset", "tiny", "--rounds", "4",
          "--clients", "2", "--set", "training.steps_per_round=2", "--set", "eval.batches=1",
          "--out", str(out)], env={**os.environ, MARK: mark},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -52,9 +52,14 @@ def test_a_killed_ray_worker_is_replaced_and_its_client_trains_next_round(tmp_pa
             proc.kill()
     rows = {r["round"]: r for r in read_json(rd.federated_metrics)}
     assert rows[1]["num_failures"] >= 1  # the killed worker's reply
-    for r in (2, 3):  # the replacement worker trains: nobody fails after the kill
-        assert rows[r]["num_failures"] == 0 and rows[r]["num_clients"] == 2, rows[r]
-    run = read_json(rd.run_json)  # 1 of 3 rounds is below max_client_failure_rate = 0.5
+    # The replacement worker trains again: the last round has both clients and no failure.
+    # Under load, the round right after the kill may still find the actor restarting (at most
+    # 2 of 4 rounds failed for that client: not above max_client_failure_rate = 0.5).
+    assert rows[4]["num_failures"] == 0 and rows[4]["num_clients"] == 2, rows[4]
+    if rows[2]["num_failures"]:
+        reasons = [f["reason"] for f in read_json(rd.server_eval(2))["failures"]]
+        assert all("restarting" in r for r in reasons), reasons
+    run = read_json(rd.run_json)
     assert run["status"] == "completed"
-    [line] = run["client_failures"]
-    assert "failed in 1 of 3 round(s)" in line and "round 1:" in line
+    lines = run["client_failures"]  # listed for the summary, below the failure rate
+    assert any("round 1:" in line and "of 4 round(s)" in line for line in lines), lines
