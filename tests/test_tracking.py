@@ -239,16 +239,32 @@ def test_a_tracker_that_is_not_installed_exits_2_naming_the_extra(tmp_path, monk
     assert not out.exists()
 
 
+def _normaliser_stats(bundle):
+    for step in bundle.preprocessor.steps:
+        if hasattr(step, "_tensor_stats") and step._tensor_stats:
+            return {k: {n: t.numpy() for n, t in v.items()} for k, v in step._tensor_stats.items()}
+    raise AssertionError("no normaliser step with statistics")
+
+
 @pytest.mark.slow
-def test_simulate_with_tensorboard_on_the_embedded_defaults(tmp_path):
-    """One federation: TensorBoard (the issue's command) and W&B offline in the ServerApp."""
+def test_simulate_with_trackers_federated_stats_and_schedules(tmp_path):
+    """One federation checks three things end to end through `zk0 simulate`: TensorBoard
+    (the tracking issue's command) and W&B offline in the ServerApp hold the round files'
+    values; the lr and mu schedules reach the clients; the federated statistics are the
+    exact merge of the clients' sums and reach the checkpoint's processors."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["simulate", "--preset", "tiny", "--rounds", "1",
-                                   "--clients", "2", "--set", "tracking.tensorboard=true",
-                                   "--set", "tracking.wandb.mode=offline", "--out", str(out)])
+    res = CliRunner().invoke(app, [
+        "simulate", "--preset", "tiny", "--rounds", "2", "--clients", "2",
+        "--set", "tracking.tensorboard=true", "--set", "tracking.wandb.mode=offline",
+        "--set", "schedule.lr=\"cosine\"", "--set", "schedule.lr_min=0.0002",
+        "--set", "schedule.mu=\"step\"", "--set", "schedule.mu_step_rounds=[2]",
+        "--set", "schedule.mu_step_factor=0.5", "--set", "data.stats_image_frames=8",
+        "--out", str(out)])
     assert res.exit_code == 0, res.output
+
+    # Trackers: every scalar of every round file, at its round.
     printed = "".join(res.output.split())  # rich wraps long paths
     assert f"tensorboard--logdir{out / C.TENSORBOARD_DIR}" in printed
     wandb_info = read_json(out / "run.json")[K.RUN_TRACKING_KEY]["wandb"]
@@ -258,7 +274,7 @@ def test_simulate_with_tensorboard_on_the_embedded_defaults(tmp_path):
     rundir = RunDir.open(out)
     acc = EventAccumulator(str(out / C.TENSORBOARD_DIR), size_guidance={"scalars": 0})
     acc.Reload()
-    for r in (0, 1):
+    for r in (0, 1, 2):
         expected, _ = expected_scalars(rundir, r)
         assert "server/eval_loss/composite" in expected
         for tag, value in expected.items():
@@ -267,3 +283,30 @@ def test_simulate_with_tensorboard_on_the_embedded_defaults(tmp_path):
     expected, _ = expected_scalars(rundir, 1)
     assert {f"client/{c}/loss" for c in ("0", "1")} <= set(expected)
     assert "clients/loss_avg" in expected and "round/lr" in expected
+
+    # Schedules: cosine lr from 1e-3 to 2e-4 over 2 rounds, mu halved at round 2.
+    r1, r2 = read_json(rundir.server_eval(1)), read_json(rundir.server_eval(2))
+    assert (r1["lr"], r2["lr"]) == pytest.approx((1e-3, 2e-4))
+    assert (r1["proximal_mu"], r2["proximal_mu"]) == pytest.approx((0.01, 0.005))
+    assert all(c["fedprox_loss"] > 0 for c in r2["individual_client_training_metrics"])
+    assert "statistics: merged 2 of 2 clients" in (rundir.root / "server.log").read_text()
+
+    # Statistics: the checkpoint's processors carry the exact merge of both clients' sums.
+    import numpy as np
+
+    from zk0cli.core.config import validate_config
+    from zk0cli.core.data import client_partitions, dataset_stats, load_metadata
+    from zk0cli.core.policy import load_bundle
+    from zk0cli.core.stats import compute_sums, merge_sums, to_lerobot_stats
+
+    cfg = validate_config(read_json(rundir.config_json))
+    parts = client_partitions(cfg)
+    merged = to_lerobot_stats(merge_sums(
+        compute_sums(p.ref, p.train_episodes, rename_map={}, image_frames=8) for p in parts))
+    saved = _normaliser_stats(load_bundle(rundir.latest_checkpoint()))
+    for key in ("observation.state", "action"):
+        for n in ("mean", "std", "min", "max"):
+            np.testing.assert_allclose(saved[key][n], merged[key][n], rtol=1e-6, atol=1e-6)
+    # ... which are neither client's own dataset statistics
+    own = dataset_stats(load_metadata(parts[0].ref), {})["action"]["mean"]
+    assert not np.allclose(saved["action"]["mean"], own, atol=1e-3)
