@@ -12,6 +12,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from zk0cli import constants as K
 from zk0cli.cli.app import app
 from zk0cli.core.rundir import RunDir, read_json
 from zk0cli.engine import flwr_proc
@@ -81,11 +82,19 @@ def _start(tmp_path, mark, *extra):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if (out / "server" / "round_0_server_eval.json").is_file():
+        if _messages_out(out):
             return proc, RunDir(out)
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         time.sleep(0.3)
     raise AssertionError("the run did not start in time")
+
+
+def _messages_out(out):
+    """The ServerApp has sent its first messages: the SuperLink, the simulation runtime and
+    its Ray workers are all alive, and the clients are busy (the statistics query)."""
+    from zk0cli.flower.progress import read_progress
+
+    return int(read_progress(out / "server").get(K.PROGRESS_SENT) or 0) > 0
 
 
 @pytest.mark.slow
