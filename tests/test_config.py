@@ -48,6 +48,19 @@ def test_overrides_and_flags_apply_in_order():
     assert cfg.federation.rounds == 9  # flags win over --set
 
 
+def test_a_bad_flag_value_names_the_flag_not_the_preset():
+    with pytest.raises(ConfigError) as info:
+        load_config(preset="tiny", flags={"federation.rounds": 0})
+    text = str(info.value)
+    assert "--rounds = 0: Input should be greater than or equal to 1" in text
+    assert "preset" not in text and "command-line flags" in text
+    with pytest.raises(ConfigError) as info:  # a flag and a field of the preset
+        load_config(preset="tiny", overrides=["training.lr=-1"],
+                    flags={"federation.rounds": 2, "federation.num_clients": 0})
+    assert [p.path for p in info.value.problems] == ["training.lr", "--clients"]
+    assert "in preset 'tiny' and the command-line flags" in str(info.value)
+
+
 def test_parse_override_types():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a.b=true") == (["a", "b"], True)

@@ -137,9 +137,23 @@ def test_cli_exits_2_and_lists_problems(ckpt: Path) -> None:
     (ckpt / STATE_PRE).unlink()
     result = CliRunner().invoke(app, ["push", str(ckpt), "--repo-id", "bad", "--dry-run"])
     assert result.exit_code == 2, result.output
-    assert "cannot be used (2 problems)" in result.output
-    assert f"{STATE_PRE}: missing" in result.output
-    assert "repo id 'bad' must be 'namespace/name'" in result.output
+    said = " ".join(result.output.split())
+    assert "Nothing was sent (2 problems)" in said
+    assert f"checkpoint {ckpt}: {STATE_PRE}: missing" in said
+    assert "--repo-id: repo id 'bad' must be 'namespace/name'" in said
+
+
+def test_a_bad_repo_id_is_named_with_an_unusable_checkpoint_or_alone(ckpt: Path,
+                                                                     tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["push", str(tmp_path), "--repo-id", "bad", "--dry-run"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "--repo-id: repo id 'bad'" in said and f"checkpoint {tmp_path}: cannot tell" in said
+    result = CliRunner().invoke(app, ["push", str(ckpt), "--repo-id", "bad", "--dry-run"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "--repo-id: repo id 'bad' must be 'namespace/name'" in said
+    assert "cannot be used" not in said and "Nothing was sent" in said
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--endpoint", "ftp://hub"), ("--tag", "v 1"),

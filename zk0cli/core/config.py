@@ -568,7 +568,23 @@ def load_config(
     flag_sets = [f"{k}={json.dumps(v) if isinstance(v, str) else _toml_value(v)}"
                  for k, v in (flags or {}).items() if v is not None]
     data = apply_overrides(data, [*overrides, *flag_sets])
-    return validate_config(data, source=source)
+    try:
+        return validate_config(data, source=source)
+    except ConfigError as err:
+        given = {k for k, v in (flags or {}).items() if v is not None}
+        if not given & {p.path for p in err.problems}:
+            raise
+        problems = [FieldProblem(FLAG_NAMES.get(p.path, p.path), p.value, p.rule)
+                    if p.path in given else p for p in err.problems]
+        if all(p.path in given for p in err.problems):  # the flags alone are wrong
+            raise ConfigError(problems, source="the command-line flags",
+                              hint="Fix the flags above; --help lists them.") from None
+        raise ConfigError(problems, source=f"{source} and the command-line flags") from None
+
+
+FLAG_NAMES: dict[str, str] = {"federation.rounds": "--rounds",
+                              "federation.num_clients": "--clients"}
+"""The dedicated CLI flag of a configuration field, named in errors about its value."""
 
 
 def _toml_value(value: Any) -> str:

@@ -46,6 +46,7 @@ from zk0cli.hub.checkpoint import (
     CARD_FILE,
     MANIFEST_FILE,
     ResolvedCheckpoint,
+    check_repo_id,
     resolve_checkpoint,
     validate_checkpoint,
 )
@@ -162,6 +163,12 @@ class PushResult:
     tag: str
 
 
+def _nothing_sent(problems: list[str]) -> str:
+    return (f"Nothing was sent {problem_lines(problems)}\nPoint at a complete checkpoint "
+            "(models/checkpoint_round_N) or a run directory, and give --repo-id as "
+            "namespace/name.")
+
+
 def prepare_push(options: PushOptions) -> PushPlan:
     """Resolve and validate the checkpoint and build the card; sends nothing.
 
@@ -172,29 +179,39 @@ def prepare_push(options: PushOptions) -> PushPlan:
         The upload plan (also what ``--dry-run`` prints).
 
     Raises:
-        CheckpointError: The checkpoint is missing files, corrupt, not SmolVLA, the repo
-            id is malformed, or ``--regenerate-card`` has no run directory to read.
+        CheckpointError: The checkpoint is missing files, corrupt, not SmolVLA, or
+            ``--regenerate-card`` has no run directory to read.
+        UsageError: The repo id is malformed (with the checkpoint's problems, if any).
         RunDirError: A run-directory file read for the card is not valid JSON.
     """
     from huggingface_hub import constants
 
     from zk0cli.core.card import build_model_card
 
-    resolved = resolve_checkpoint(options.checkpoint)
-    if resolved.from_run_dir:
-        logger.debug("Using the newest complete checkpoint: %s", resolved.path)
-    early = []
-    if options.regenerate_card and resolved.run_dir is None:
-        early.append("--regenerate-card needs the run directory around the checkpoint "
-                     "(outputs/<run>/models/checkpoint_round_N); this checkpoint is not in one")
+    repo_problem = check_repo_id(options.repo_id)
     try:
-        files = validate_checkpoint(
-            resolved.path, repo_id=options.repo_id, require_card=not options.regenerate_card
-        )
+        resolved = resolve_checkpoint(options.checkpoint)
+        if resolved.from_run_dir:
+            logger.debug("Using the newest complete checkpoint: %s", resolved.path)
+        early = []
+        if options.regenerate_card and resolved.run_dir is None:
+            early.append("--regenerate-card needs the run directory around the checkpoint "
+                         "(outputs/<run>/models/checkpoint_round_N); this checkpoint is not "
+                         "in one")
+        try:
+            files = validate_checkpoint(resolved.path, require_card=not options.regenerate_card)
+        except CheckpointError as err:
+            raise CheckpointError(err.path, [*early, *err.problems]) from None
+        if early:
+            raise CheckpointError(str(resolved.path), early)
     except CheckpointError as err:
-        raise CheckpointError(err.path, [*early, *err.problems]) from None
-    if early:
-        raise CheckpointError(str(resolved.path), early)
+        if repo_problem is None:
+            raise
+        raise UsageError(_nothing_sent([f"--repo-id: {repo_problem}",
+                                        *(f"checkpoint {err.path}: {p}" for p in err.problems)])
+                         ) from None
+    if repo_problem is not None:
+        raise UsageError(f"--repo-id: {repo_problem}. Nothing was sent.")
     if options.regenerate_card and resolved.run_dir is not None:
         card = str(build_model_card(resolved.run_dir, checkpoint_round=resolved.round,
                                     repo_id=options.repo_id, checkpoint_dir=resolved.path))
