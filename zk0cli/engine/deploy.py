@@ -371,8 +371,9 @@ def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | Non
                        keys: Sequence[Path | None], work: Path) -> list[SuperNodeOptions]:
     """SuperNode options for a local trial: node i trains on ``data.clients[i]``.
 
-    Each node's site file (``work/node_<i>/site.json``) names its dataset, the config's
-    ``data.rename_map``, ``model.device`` and ``training.num_workers``.
+    Each node's site file (``work/node_<i>/site.json``) names its dataset, its rename map
+    (``data.clients[i].rename_map``, else ``data.rename_map``), ``model.device`` and
+    ``training.num_workers``.
 
     Raises:
         UsageError: ``data.partition = "episodes"`` or fewer datasets than nodes.
@@ -390,7 +391,8 @@ def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | Non
     for i, key in enumerate(keys):
         ref = resolve_dataset(config.data.clients[i], config.data.sim)
         site = SiteConfig(dataset=ref.repo_id, dataset_root=ref.root,
-                          rename_map=config.data.rename_map, device=config.model.device,
+                          rename_map=config.data.client_rename_map(i),
+                          device=config.model.device,
                           num_workers=config.training.num_workers, client_id=str(i))
         out.append(SuperNodeOptions(
             superlink=superlink, root_certificates=tls.ca_cert if tls else None,
