@@ -134,6 +134,15 @@ def test_local_trial_nodes_get_their_site_files(tmp_path, so101_root):
     cmd = supernode_command(node)
     site_file = tmp_path / "node_0" / "site.json"
     assert cmd[cmd.index("--node-config") + 1] == f'site-config="{site_file}"'
+    assert cmd[-2:] == ["--isolation", "process"]  # zk0's warm ClientApp serves the node
+    # a client entry's own rename map wins over data.rename_map
+    own = cfg.model_copy(update={"data": cfg.data.model_copy(update={"clients": [
+        cfg.data.clients[0].model_copy(update={"rename_map": {"observation.images.top":
+                                                                "observation.images.x"}})]})})
+    local_node_options(own, superlink="127.0.0.1:9092", tls=None, keys=[None],
+                       work=tmp_path / "own")
+    site = json.loads((tmp_path / "own" / "node_0" / "site.json").read_text())
+    assert site["rename_map"] == {"observation.images.top": "observation.images.x"}
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")

@@ -21,7 +21,8 @@ def _flower_procs():
     for p in psutil.Process().children(recursive=True):
         try:
             if p.status() != psutil.STATUS_ZOMBIE and any(
-                    "flower-" in a or "flwr-" in a for a in p.cmdline()):
+                    "flower-" in a or "flwr-" in a or "warm_clientapp" in a
+                    for a in p.cmdline()):
                 out.append(p)
         except psutil.NoSuchProcess:
             pass
@@ -67,6 +68,14 @@ def test_local_trial_with_tls_and_node_auth(tmp_path, two_sites):
 
     verify_checkpoint(rd.checkpoint(2))
     assert (out / "logs" / "superlink.log").is_file()
+    # one warm ClientApp per site ran every message (join check, statistics, 2 rounds)
+    # and built the policy once
+    for i in (0, 1):
+        log = (out / "logs" / f"supernode_{i}.log").read_text(encoding="utf-8")
+        assert log.count("warm ClientApp: task") == 4, log[-3000:]
+        assert log.count("built SmolVLA (tiny)") == 1
+        assert "Start `flwr-clientapp` process" not in log
+    assert "zk0cli.flower.warm_clientapp --runtime-api-address" in res.output
     assert _flower_procs() == []
 
 
