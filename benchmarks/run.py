@@ -11,7 +11,12 @@ Figures (see docs/performance.md for what each one means and the targets):
 (d) client trainer throughput vs a plain LeRobot loop, data-wait share (``throughput.py``);
 (e) ``zk0 tiny-run`` cold wall time (``overhead.py``), when the simulator is available;
 (f) with ``--device cuda``: full-size SmolVLA training steps/s at batch 16 and 64 with
-    bf16 autocast and peak GPU memory (``gpu.py``).
+    bf16 autocast and peak GPU memory (``gpu.py``);
+(g) round overhead of a deployment, ``zk0 train --local-nodes 2`` with the tiny model,
+    warm ClientApp vs Flower's default fresh process per message (``overhead.py``).
+
+With ``--only``, the sections not run are kept from the existing ``--out`` file (each
+section records when it was measured), so one figure can be re-measured alone.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def _run(name: str, fn: Any, results: dict[str, Any]) -> None:
         results[name] = {"error": f"{type(err).__name__}: {err}",
                          "traceback": traceback.format_exc()[-2000:]}
     results[name]["section_seconds"] = time.perf_counter() - t0
+    results[name]["measured_at"] = time.time()
 
 
 def _fmt_pass(r: dict[str, Any]) -> str:
@@ -139,7 +145,54 @@ def render(results: dict[str, Any]) -> Any:
                      f"{r['peak_gpu_bytes'] / GB:.1f} GB" for r in g["runs"]]
             t.add_row("(f) GPU full-size SmolVLA training, bf16 autocast", "\n".join(lines),
                       "-", "-")
+    dp = results.get("deploy_overhead", {})
+    if "error" in dp:
+        t.add_row("(g) round overhead, deployment", dp["error"][:300], "", _fmt_pass(dp))
+    elif dp:
+        lines = []
+        for mode in ("warm", "cold"):
+            r = dp.get(mode)
+            if r:
+                rows = ", ".join(f"r{x['round']}: {x['seconds']:.1f}−"
+                                 f"{x['client_seconds_max']:.1f}" for x in r["per_round"])
+                lines.append(f"{mode}: median {r['overhead_seconds_median']:.2f} s ({rows})")
+        t.add_row("(g) round overhead, `zk0 train --local-nodes 2` tiny, 5 rounds (round s − "
+                  "slowest site's training s; rounds between the first and the last); warm = "
+                  "one ClientApp process per SuperNode, cold = a fresh one per message",
+                  "\n".join(lines), "warm ≤ 5 s", _fmt_pass(dp))
     return t
+
+
+_TOP_LEVEL = {"machine", "device", "quick", "timestamp", "load_average_1m_end", "kept"}
+
+
+def _keep_previous_sections(results: dict[str, Any], out: Path) -> None:
+    """Copy the sections of the existing ``out`` file that this run did not measure.
+
+    Their names go to ``results["kept"]`` with the machine they were measured on.
+    """
+    if not out.is_file():
+        return
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+    except ValueError:
+        return
+    kept = dict(previous.get("kept", {}))
+    for name, section in previous.items():
+        if name in _TOP_LEVEL or name in results:
+            continue
+        results[name] = section
+        kept.setdefault(name, {"machine": previous.get("machine"),
+                               "quick": previous.get("quick"),
+                               "timestamp": previous.get("timestamp")})
+    kept = {k: v for k, v in kept.items() if k in results and k not in _measured(results)}
+    if kept:
+        results["kept"] = kept
+
+
+def _measured(results: dict[str, Any]) -> set[str]:
+    return {k for k, v in results.items() if isinstance(v, dict) and "section_seconds" in v
+            and v.get("measured_at", 0) >= results["timestamp"]}
 
 
 def main() -> None:
@@ -151,7 +204,8 @@ def main() -> None:
                    help="cuda adds the full-size GPU training figures")
     p.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     p.add_argument("--only",
-                   default="wire,server_memory,aggregation,overhead,throughput,tiny_run,gpu",
+                   default="wire,server_memory,aggregation,overhead,throughput,tiny_run,gpu,"
+                   "deploy_overhead",
                    help="comma-separated sections to run")
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -203,6 +257,11 @@ def main() -> None:
 
         console.print("(e) zk0 tiny-run, cold...")
         _run("tiny_run", lambda: measure_tiny_run(work), results)
+    if "deploy_overhead" in only:
+        from overhead import measure_deploy_overhead
+
+        console.print("(g) zk0 train --local-nodes 2, tiny model, warm and cold ClientApps...")
+        _run("deploy_overhead", lambda: measure_deploy_overhead(work, rounds=5), results)
     if "gpu" in only and args.device == "cuda":
         from gpu import measure_gpu
 
@@ -210,6 +269,7 @@ def main() -> None:
         _run("gpu", lambda: measure_gpu(batch_sizes=[16, 64], steps=5 if args.quick else 20),
              results)
     results["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    _keep_previous_sections(results, args.out)
     console.print(render(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")

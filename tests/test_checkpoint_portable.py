@@ -61,3 +61,35 @@ def test_plain_lerobot_loads_a_tiny_checkpoint_without_zk0s_cache(tmp_path, make
     assert again.policy.config.vlm_model_name == str((ckpt / VLM_SUBDIR).absolute())
     a, b = bundle.policy.state_dict(), again.policy.state_dict()
     assert all(a[k].equal(b[k].to(a[k].device)) for k in a)
+
+
+def test_plain_lerobot_loads_a_tiny_checkpoint_from_another_folder(tmp_path, make_bundle,
+                                                                   monkeypatch):
+    """The recipe of docs/run-directory.md: LeRobot resolves ``vlm_model_name`` against the
+    working directory, so from elsewhere the checkpoint's ``vlm`` folder is named in full."""
+    import torch
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    bundle = make_bundle(seed=4)
+    ckpt = tmp_path / "run" / "models" / "checkpoint_round_1"
+    save_bundle(bundle, ckpt)
+    monkeypatch.chdir(tmp_path)  # not the checkpoint folder: "vlm" alone does not resolve
+    with pytest.raises(OSError, match="huggingface.co"):  # "vlm" is taken for a Hub id
+        SmolVLAPolicy.from_pretrained(ckpt)
+    cfg = PreTrainedConfig.from_pretrained(ckpt)
+    cfg.vlm_model_name = str(ckpt.resolve() / "vlm")
+    policy = SmolVLAPolicy.from_pretrained(ckpt, config=cfg)
+    pre, post = make_pre_post_processors(
+        cfg, pretrained_path=str(ckpt),
+        preprocessor_overrides={"tokenizer_processor": {"tokenizer_name": cfg.vlm_model_name}})
+    a, b = bundle.policy.state_dict(), policy.state_dict()
+    assert all(a[k].equal(b[k].to(a[k].device)) for k in a)
+    batch = {"observation.state": torch.zeros(1, 6), "task": ["pick the cube"]}
+    for key in policy.config.image_features:
+        batch[key] = torch.rand(1, 3, 32, 32)
+    policy.eval()
+    with torch.no_grad():
+        action = post(policy.select_action(pre(batch)))
+    assert tuple(action.shape) == (1, 6) and torch.isfinite(action).all()

@@ -53,3 +53,22 @@ def test_quoted_figures_match_latest_json(doc, latest):
 def test_performance_page_quotes_all_four_counts(latest):
     text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
     assert {n for n, _ in MEMORY.findall(text)} >= {"2", "4", "8", "16"}
+
+
+DEPLOY = re.compile(r"\(g\) deployment round overhead.{0,300}?warm \*\*(\d+\.\d+) s\*\*"
+                    r".{0,300}?cold \*\*(\d+\.\d+) s\*\*", re.S)
+
+
+def test_deployment_round_overhead_is_quoted_from_latest_json(latest):
+    """(g): docs/performance.md quotes the warm (after) and cold (before) medians."""
+    text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    d = latest["deploy_overhead"]
+    assert d["rounds"] == 5 and d["supernodes"] == 2
+    warm, cold = d["warm"], d["cold"]
+    assert warm["warm_clientapp"] is True and cold["warm_clientapp"] is False
+    assert len(warm["per_round"]) == len(cold["per_round"]) == 5
+    quoted = DEPLOY.findall(text)
+    assert quoted, "docs/performance.md quotes no (g) figure as 'warm **X s** ... cold **Y s**'"
+    for w, c in quoted:
+        assert w == f"{warm['overhead_seconds_median']:.2f}", (w, warm)
+        assert c == f"{cold['overhead_seconds_median']:.2f}", (c, cold)

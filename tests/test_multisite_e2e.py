@@ -165,6 +165,10 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
     for site in sites.values():
         assert not (site["root"] / "home" / "zk0-supernode").exists()
         assert json.loads((site["root"] / "state" / "site.json").read_text())["client_id"]
+        # one warm ClientApp process served the site: the policy was built once
+        log = (site["root"] / "state" / "supernode.log").read_text(encoding="utf-8")
+        assert log.count("warm ClientApp: task") >= 4, log[-3000:]
+        assert log.count("built SmolVLA (tiny)") == 1, log[-3000:]
     # The checkpoint loads with plain LeRobot where zk0's cache cannot be seen.
     ckpt = rd.checkpoint(2)
     script = tmp_path / "load.py"

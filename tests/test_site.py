@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from zk0cli.cli.app import app
 from zk0cli.core.config import load_site_config
-from zk0cli.errors import ConfigError
+from zk0cli.errors import ConfigError, DatasetError
 
 # A closed port: the site must be refused before anything tries to connect to it.
 ADDR = "127.0.0.1:9"
@@ -83,7 +83,26 @@ def test_simulate_checks_every_client_before_any_process(tmp_path, dataset_write
     assert "missing: observation.images.top" in res.output
     assert '"observation.images.side" = "observation.images.top"' in res.output
     assert "site 0" not in res.output  # the good client is not listed
+    assert "fix: add to data.rename_map" in res.output
     assert not out.exists()
+    # client 1's own rename map fixes it; the others keep data.rename_map (empty here)
+    from zk0cli.core.config import load_config
+    from zk0cli.core.site import check_all_clients
+
+    fixed = load_config(config_file=cfg, overrides=[
+        f'data.clients=[{{source="local", name="zk0test/c0", root="{a}"}}, '
+        f'{{source="local", name="zk0test/c1", root="{b}", rename_map='
+        '{"observation.images.side"="observation.images.top", '
+        '"observation.images.wrist"="observation.images.wrist"}}]'])
+    assert fixed.data.client_rename_map(0) == {}
+    assert fixed.data.client_rename_map(1)["observation.images.side"] == \
+        "observation.images.top"
+    assert [r.ok for r in check_all_clients(fixed)] == [True, True]
+    wrong = fixed.model_copy(update={"data": fixed.data.model_copy(update={"clients": [
+        fixed.data.clients[0], fixed.data.clients[1].model_copy(update={"rename_map": {
+            "observation.images.wrist": "observation.images.side"}})]})})
+    with pytest.raises(DatasetError, match=r"fix: add to data.clients\[1\].rename_map"):
+        check_all_clients(wrong)
 
 
 def test_train_submit_from_another_machine_is_refused_before_submitting(tmp_path):
@@ -115,6 +134,15 @@ def test_local_trial_nodes_get_their_site_files(tmp_path, so101_root):
     cmd = supernode_command(node)
     site_file = tmp_path / "node_0" / "site.json"
     assert cmd[cmd.index("--node-config") + 1] == f'site-config="{site_file}"'
+    assert cmd[-2:] == ["--isolation", "process"]  # zk0's warm ClientApp serves the node
+    # a client entry's own rename map wins over data.rename_map
+    own = cfg.model_copy(update={"data": cfg.data.model_copy(update={"clients": [
+        cfg.data.clients[0].model_copy(update={"rename_map": {"observation.images.top":
+                                                                "observation.images.x"}})]})})
+    local_node_options(own, superlink="127.0.0.1:9092", tls=None, keys=[None],
+                       work=tmp_path / "own")
+    site = json.loads((tmp_path / "own" / "node_0" / "site.json").read_text())
+    assert site["rename_map"] == {"observation.images.top": "observation.images.x"}
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")

@@ -154,3 +154,28 @@ def test_streaming_grid_pushes_first_pulls_one_at_a_time_and_honours_the_timeout
     assert all(len(p) == 1 for p in fake.pulls)
     assert grid.get_node_ids() == [1, 2, 3]
     assert list(StreamingGrid(FakeGrid({})).send_and_receive([], timeout=1.0)) == []
+
+
+def test_http_grid_pulls_reply_objects_with_a_short_backoff(monkeypatch):
+    """Deployment: the SuperLink lists a reply before its objects arrive; Flower's default
+    backoff (1 s, doubling) would cost seconds per reply."""
+    from flwr.superlink.grid import http_grid
+
+    from zk0cli.flower.streaming import PULL_BACKOFF_S, short_pull_backoff
+
+    calls = []
+
+    def recorder(*args, **kwargs):
+        calls.append(kwargs)
+        return {}
+
+    monkeypatch.setattr(http_grid, "pull_objects", recorder)
+    assert short_pull_backoff(object()) is False  # not an HttpGrid: nothing changes
+    assert http_grid.pull_objects is recorder
+    grid = object.__new__(http_grid.HttpGrid)  # no connection needed
+    assert short_pull_backoff(grid) and short_pull_backoff(grid)  # idempotent
+    assert http_grid.pull_objects.__wrapped__ is recorder
+    http_grid.pull_objects(["a"], None)
+    http_grid.pull_objects(["a"], None, initial_backoff=2.0)  # an explicit value is kept
+    assert [c["initial_backoff"] for c in calls] == [PULL_BACKOFF_S, 2.0]
+    assert calls[0]["backoff_cap"] <= 0.25

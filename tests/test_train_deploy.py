@@ -21,7 +21,8 @@ def _flower_procs():
     for p in psutil.Process().children(recursive=True):
         try:
             if p.status() != psutil.STATUS_ZOMBIE and any(
-                    "flower-" in a or "flwr-" in a for a in p.cmdline()):
+                    "flower-" in a or "flwr-" in a or "warm_clientapp" in a
+                    for a in p.cmdline()):
                 out.append(p)
         except psutil.NoSuchProcess:
             pass
@@ -133,5 +134,12 @@ def test_local_trial_with_tls_and_node_auth_survives_a_killed_supernode(tmp_path
     r3 = read_json(rd.server_eval(3))
     assert r3["aggregated"] is False
     assert "waiting for 2 nodes, 1 connected after 5 s" in r3["note"]
+    # one warm ClientApp per site served its messages (join check, statistics, rounds) and
+    # built the policy once: the surviving site's log shows it
+    log = (out / "logs" / "supernode_0.log").read_text(encoding="utf-8")
+    assert log.count("warm ClientApp: task") >= 4, log[-3000:]
+    assert log.count("built SmolVLA (tiny)") == 1
+    assert "Start `flwr-clientapp` process" not in log
+    assert "zk0cli.flower.warm_clientapp --runtime-api-address" in res.output
     assert _flower_procs() == []
     assert os.path.isdir(rd.checkpoint(1))

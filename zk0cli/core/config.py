@@ -94,6 +94,11 @@ class DatasetSpec(_Section):
     episodes: int | None = Field(
         None, ge=1, description="Episodes to generate (source = sim); None uses data.sim.episodes."
     )
+    rename_map: dict[str, str] | None = Field(
+        None, description="This dataset's own rename map (dataset key -> policy key), used "
+        "instead of data.rename_map for it: a client whose cameras are named differently. "
+        "None: data.rename_map."
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> DatasetSpec:
@@ -150,6 +155,22 @@ class DataConfig(_Section):
         description="Frames per client sampled (evenly) for camera statistics; 0 skips them.",
     )
     sim: SimConfig = Field(default_factory=SimConfig)
+
+    def rename_map_for(self, spec: DatasetSpec) -> dict[str, str]:
+        """The rename map of one dataset: its own ``rename_map``, else ``data.rename_map``."""
+        return dict(spec.rename_map if spec.rename_map is not None else self.rename_map)
+
+    def client_spec(self, index: int) -> DatasetSpec:
+        """The dataset entry client ``index`` trains on (``clients[0]`` with ``episodes``)."""
+        return self.clients[index] if self.partition == "dataset" else self.clients[0]
+
+    def client_rename_map(self, index: int) -> dict[str, str]:
+        """The rename map of client ``index`` (see :meth:`rename_map_for`)."""
+        return self.rename_map_for(self.client_spec(index))
+
+    def reference_spec(self) -> DatasetSpec:
+        """The dataset the policy's input features come from: ``eval[0]``, else ``clients[0]``."""
+        return self.eval[0] if self.eval else self.clients[0]
 
 
 class TrainingConfig(_Section):

@@ -84,11 +84,12 @@ class ServerEvaluator:
         from zk0cli.core.policy import build_policy
 
         cfg = config
-        ref_spec = cfg.data.eval[0] if cfg.data.eval else cfg.data.clients[0]
+        ref_spec = cfg.data.reference_spec()
         ref = D.resolve_dataset(ref_spec, cfg.data.sim)
         ref_meta = D.load_metadata(ref)
-        bundle = build_policy(cfg.model, meta=ref_meta, rename_map=cfg.data.rename_map,
-                              stats=D.dataset_stats(ref_meta, cfg.data.rename_map),
+        ref_map = cfg.data.rename_map_for(ref_spec)
+        bundle = build_policy(cfg.model, meta=ref_meta, rename_map=ref_map,
+                              stats=D.dataset_stats(ref_meta, ref_map),
                               seed=cfg.seed,
                           allow_missing_cameras=cfg.model.allow_missing_cameras)
         chunk = bundle.policy.config.chunk_size
@@ -99,7 +100,9 @@ class ServerEvaluator:
             ds = D.open_dataset(r, episodes=None, chunk_size=chunk,
                                 video_backend=cfg.data.video_backend)
             name = eval_name(spec.name, spec.seed if spec.source == "sim" else None)
-            sets.append(EvalSet(name, ds, _with_stats(bundle, meta, cfg), composite=True))
+            sets.append(EvalSet(name, ds, _with_stats(bundle, meta,
+                                                      cfg.data.rename_map_for(spec)),
+                                composite=True))
         if include_client_heldout and cfg.data.heldout_episodes > 0:
             try:
                 partitions = D.client_partitions(cfg)
@@ -113,8 +116,11 @@ class ServerEvaluator:
                 meta = D.load_metadata(part.ref)
                 ds = D.open_dataset(part.ref, episodes=part.heldout_episodes, chunk_size=chunk,
                                     video_backend=cfg.data.video_backend)
+                rmap = cfg.data.client_rename_map(
+                    int(part.client_id) if cfg.data.partition == "dataset" else 0)
                 sets.append(EvalSet(f"{HELDOUT_PREFIX}{part.name}", ds,
-                                    _with_stats(bundle, meta, cfg), composite=not cfg.data.eval))
+                                    _with_stats(bundle, meta, rmap),
+                                    composite=not cfg.data.eval))
         return cls(cfg, bundle, sets)
 
     def use_stats(self, sums_json: str) -> None:
@@ -128,11 +134,18 @@ class ServerEvaluator:
         from zk0cli.core.policy import make_processors
         from zk0cli.core.stats import sums_from_json, to_lerobot_stats
 
-        pre, post = make_processors(self.bundle.policy.config,
-                                    stats=to_lerobot_stats(sums_from_json(sums_json)),
-                                    rename_map=self.config.data.rename_map)
+        stats = to_lerobot_stats(sums_from_json(sums_json))
+        data = self.config.data
+        pre, post = make_processors(self.bundle.policy.config, stats=stats,
+                                    rename_map=data.rename_map_for(data.reference_spec()))
         self.bundle = replace(self.bundle, preprocessor=pre, postprocessor=post)
-        self.sets = [replace(s, bundle=self.bundle) for s in self.sets]
+        sets = []
+        for s in self.sets:  # each eval set keeps its own rename map
+            pre_s, post_s = make_processors(self.bundle.policy.config, stats=stats,
+                                            rename_map=_rename_map_of(s.bundle))
+            sets.append(replace(s, bundle=replace(self.bundle, preprocessor=pre_s,
+                                                  postprocessor=post_s)))
+        self.sets = sets
 
     def set_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Load the global trainable tensors into the server policy (checked)."""
@@ -156,14 +169,24 @@ class ServerEvaluator:
         return ServerEval(datasets=losses, composite=statistics.fmean(comp) if comp else None)
 
 
-def _with_stats(bundle: PolicyBundle, meta: Any, cfg: RunConfig) -> PolicyBundle:
-    """A bundle sharing ``bundle.policy`` whose processors use ``meta``'s statistics."""
+def _with_stats(bundle: PolicyBundle, meta: Any, rename_map: dict[str, str]) -> PolicyBundle:
+    """A bundle sharing ``bundle.policy``; its processors use ``meta``'s statistics."""
     from dataclasses import replace
 
     from zk0cli.core import data as D
     from zk0cli.core.policy import make_processors
 
     pre, post = make_processors(bundle.policy.config,
-                                stats=D.dataset_stats(meta, cfg.data.rename_map),
-                                rename_map=cfg.data.rename_map)
+                                stats=D.dataset_stats(meta, rename_map),
+                                rename_map=rename_map)
     return replace(bundle, preprocessor=pre, postprocessor=post)
+
+
+def _rename_map_of(bundle: PolicyBundle) -> dict[str, str]:
+    """The rename map of a bundle's pre-processor (empty if it has none)."""
+    from lerobot.processor import RenameObservationsProcessorStep
+
+    for step in bundle.preprocessor.steps:
+        if isinstance(step, RenameObservationsProcessorStep):
+            return dict(step.rename_map)
+    return {}

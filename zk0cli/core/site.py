@@ -179,7 +179,8 @@ def check_all_clients(config: Any) -> list[JoinReport]:
 
     The policy's inputs are those the server builds: the pretrained checkpoint's, or for
     the tiny preset the reference dataset's (``data.eval[0]``, else ``data.clients[0]``)
-    after ``data.rename_map``.
+    after its rename map; each client is checked after its own (``data.clients[i].
+    rename_map``, else ``data.rename_map``).
 
     Args:
         config: The validated :class:`~zk0cli.core.config.RunConfig`.
@@ -196,22 +197,26 @@ def check_all_clients(config: Any) -> list[JoinReport]:
     from zk0cli.core.policy import expected_input_features
 
     cfg = config
-    ref_spec = cfg.data.eval[0] if cfg.data.eval else cfg.data.clients[0]
+    ref_spec = cfg.data.reference_spec()
     ref_meta = D.load_metadata(D.resolve_dataset(ref_spec, cfg.data.sim))
     expected = {k: FeatureSpec(type=t, shape=s) for k, (t, s) in
-                expected_input_features(cfg.model, ref_meta, cfg.data.rename_map).items()}
+                expected_input_features(cfg.model, ref_meta,
+                                        cfg.data.rename_map_for(ref_spec)).items()}
     n = cfg.num_clients if cfg.data.partition == "dataset" else 1
-    reports = []
+    reports, where = [], {}
     for i in range(n):
-        ref = D.resolve_dataset(cfg.data.clients[i], cfg.data.sim)
+        spec = cfg.data.client_spec(i)
+        ref = D.resolve_dataset(spec, cfg.data.sim)
         meta = D.load_metadata(ref)
         reports.append(join_report(str(i), ref.name, dataset_shapes(meta),
-                                   cfg.data.rename_map, expected,
+                                   cfg.data.client_rename_map(i), expected,
                                    allow_missing_cameras=cfg.model.allow_missing_cameras))
+        where[str(i)] = (f"data.clients[{i}].rename_map" if spec.rename_map is not None
+                         else "data.rename_map")
     bad = [r for r in reports if not r.ok]
     if bad:
-        body = "\n".join(r.describe().replace("site's rename map (site file [rename_map])",
-                                              "data.rename_map") for r in bad)
+        body = "\n".join(r.describe().replace("the site's rename map (site file [rename_map])",
+                                              where[r.client_id]) for r in bad)
         raise DatasetError(f"join check: {len(bad)} of {len(reports)} client dataset(s) do "
                            f"not fit the policy's input features:\n{body}")
     return reports

@@ -56,10 +56,15 @@ from zk0cli.engine.flwr_proc import (
 )
 from zk0cli.engine.runs import ProgressFn
 from zk0cli.engine.supervisor import Supervisor
+from zk0cli.engine.warm import DEFAULT_RUNTIME_PORT, WarmClientApp
 from zk0cli.errors import FederationError, NodeRefusedError, SuperLinkConnectionError, UsageError
 from zk0cli.log import logger
 
 CommandFn = Callable[[str], None]
+#: ``True``: SuperNodes run with ``--isolation process`` and one warm ClientApp process
+#: each (:mod:`zk0cli.engine.warm`); ``False``: Flower's default, a fresh ClientApp
+#: process per message (benchmarks measure both).
+WARM_CLIENTAPP = True
 #: What Flower logs when the SuperLink refuses an unregistered node key.
 REFUSED_MARKERS: tuple[str, ...] = ("Exit Code: 305", "Failed to activate SuperNode")
 
@@ -112,6 +117,8 @@ def supernode_command(opts: SuperNodeOptions) -> list[str]:
         cmd += ["--port", str(opts.port)]
     if opts.site_file is not None:
         cmd += ["--node-config", node_config_arg(opts.site_file)]
+    if WARM_CLIENTAPP:
+        cmd += ["--isolation", "process"]  # zk0's warm ClientApp runs the messages
     return cmd
 
 
@@ -259,8 +266,25 @@ def start_superlink(opts: SuperLinkOptions, *, work: Path, log_path: Path,
 
 def start_supernode(opts: SuperNodeOptions, *, log_path: Path, home: Path,
                     on_command: CommandFn | None = None, settle_s: float = 4.0,
-                    env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
-    """Start a SuperNode; fail fast if the SuperLink refuses it within ``settle_s``.
+                    env: dict[str, str] | None = None,
+                    on_start: Callable[[subprocess.Popen[Any]], Any] | None = None,
+                    on_replace: Callable[[subprocess.Popen[Any]], Any] | None = None
+                    ) -> tuple[subprocess.Popen[Any], WarmClientApp | None]:
+    """Start a SuperNode and its warm ClientApp; fail fast if the SuperLink refuses it.
+
+    Args:
+        opts: The node's options.
+        log_path: Log of the SuperNode and its ClientApp.
+        home: Its ``FLWR_HOME``.
+        on_command: Receives the command lines.
+        settle_s: Seconds to wait for an early exit (a refused key).
+        env: Extra environment (the site's caches).
+        on_start: Called with every process started (the SuperNode, each warm ClientApp).
+        on_replace: Called with a dead warm ClientApp process that a new one replaces.
+
+    Returns:
+        The SuperNode process and its warm ClientApp (``None`` without
+        :data:`WARM_CLIENTAPP`).
 
     Raises:
         NodeRefusedError: Its key is not registered (Flower exit 305).
@@ -269,14 +293,28 @@ def start_supernode(opts: SuperNodeOptions, *, log_path: Path, home: Path,
     cmd = supernode_command(opts)
     _announce(cmd, on_command)
     home.mkdir(parents=True, exist_ok=True)
-    proc = start_process(cmd, env=flower_env({"FLWR_HOME": str(home), **(env or {})}),
-                         log_path=log_path, cwd=home.parent)
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    if proc.poll() is not None:
-        raise supernode_exit_error(opts.superlink, log_path, proc.returncode)
-    return proc
+    node_env = flower_env({"FLWR_HOME": str(home), **(env or {})})
+    proc = start_process(cmd, env=node_env, log_path=log_path, cwd=home.parent)
+    if on_start is not None:
+        on_start(proc)
+    warm = None
+    try:
+        if WARM_CLIENTAPP:
+            warm = WarmClientApp(proc, opts.port or DEFAULT_RUNTIME_PORT, env=node_env,
+                                 log_path=log_path, cwd=home.parent, on_start=on_start,
+                                 on_replace=on_replace)
+            _announce(warm.command, on_command)
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise supernode_exit_error(opts.superlink, log_path, proc.returncode)
+    except BaseException:
+        if warm is not None:
+            warm.stop()
+        stop_tree(proc)
+        raise
+    return proc, warm
 
 
 def supernode_exit_error(address: str, log_path: Path, code: int | None) -> FederationError:
@@ -371,8 +409,9 @@ def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | Non
                        keys: Sequence[Path | None], work: Path) -> list[SuperNodeOptions]:
     """SuperNode options for a local trial: node i trains on ``data.clients[i]``.
 
-    Each node's site file (``work/node_<i>/site.json``) names its dataset, the config's
-    ``data.rename_map``, ``model.device`` and ``training.num_workers``.
+    Each node's site file (``work/node_<i>/site.json``) names its dataset, its rename map
+    (``data.clients[i].rename_map``, else ``data.rename_map``), ``model.device`` and
+    ``training.num_workers``.
 
     Raises:
         UsageError: ``data.partition = "episodes"`` or fewer datasets than nodes.
@@ -390,7 +429,8 @@ def local_node_options(config: RunConfig, *, superlink: str, tls: TlsFiles | Non
     for i, key in enumerate(keys):
         ref = resolve_dataset(config.data.clients[i], config.data.sim)
         site = SiteConfig(dataset=ref.repo_id, dataset_root=ref.root,
-                          rename_map=config.data.rename_map, device=config.model.device,
+                          rename_map=config.data.client_rename_map(i),
+                          device=config.model.device,
                           num_workers=config.training.num_workers, client_id=str(i))
         out.append(SuperNodeOptions(
             superlink=superlink, root_certificates=tls.ca_cert if tls else None,
@@ -451,14 +491,27 @@ def _local_trial(config: RunConfig, rundir: RunDir, opts: LocalTrialOptions, wor
         register_public_keys(conn, [node_key_paths(Path(k).parent, i + 1).public_key
                                     for i, k in enumerate(keys) if k is not None],
                              home=work / "admin_home", on_command=on_command)
+    warm: list[WarmClientApp] = []
     for i, node in enumerate(nodes):
-        sup.adopt(start_supernode(node, log_path=rundir.supernode_log(i),
-                                  home=work / f"node_{i}" / "flwr_home",
-                                  on_command=on_command, settle_s=0.5))
+        _proc, w = start_supernode(node, log_path=rundir.supernode_log(i),
+                                   home=work / f"node_{i}" / "flwr_home",
+                                   on_command=on_command, settle_s=0.5, on_start=sup.adopt,
+                                   on_replace=sup.forget)
+        if w is not None:
+            warm.append(w)
+
+    def alive() -> bool:  # also restarts a site's warm ClientApp that exited
+        for w in warm:
+            if not w.ensure():
+                err = w.failure()
+                rundir.update_run(status="failed", error=str(err), ended_at=time.time())
+                raise err
+        return superlink.poll() is None
+
     return run_deployment(config, rundir, superlink=address,
                           root_certificates=tls.ca_cert if tls else None,
                           on_progress=on_progress, on_command=on_command,
-                          is_alive=lambda: superlink.poll() is None, supervisor=sup)
+                          is_alive=alive, supervisor=sup)
 
 
 def _node_key(tls_dir: Path | None, fresh_dir: Path, index: int) -> Path:
@@ -544,16 +597,22 @@ def serve_supernode(opts: SuperNodeOptions, site: SiteConfig, *, state_dir: Path
     state_dir.mkdir(parents=True, exist_ok=True)
     opts = opts.model_copy(update={"site_file": write_site_file(site, state_dir / SITE_STATE_FILE)})
     log_path = state_dir / SUPERNODE_STATE_LOG
-    proc = start_supernode(opts, log_path=log_path, home=state_dir / "flwr_home",
-                           on_command=on_command, env=site_env(site))
+    proc, warm = start_supernode(opts, log_path=log_path, home=state_dir / "flwr_home",
+                                 on_command=on_command, env=site_env(site))
     try:
         if on_ready:
             on_ready()
+        while proc.poll() is None:  # restart the warm ClientApp if it exits
+            if warm is not None and not warm.ensure():
+                raise warm.failure()
+            time.sleep(0.5)
         code = proc.wait()
         if code != 0:
             raise supernode_exit_error(opts.superlink, log_path, code)
         return code
     finally:
+        if warm is not None:
+            warm.stop()
         stop_tree(proc)
 
 

@@ -136,6 +136,13 @@ class Supervisor:
         self.procs.append(proc)
         return proc
 
+    def forget(self, proc: subprocess.Popen[Any]) -> None:
+        """Drop a process that has exited (and was reaped) from :attr:`procs`.
+
+        Its pid may be reused by an unrelated process; it must not be signalled on exit.
+        """
+        self.procs = [p for p in self.procs if p is not proc]
+
     def submitted(self, home: FlowerHome, run_id: int) -> None:
         """Record the Flower run this supervisor stops on an interrupt."""
         self.home, self.run_id = home, run_id

@@ -58,8 +58,8 @@ class SitePlan:
     Attributes:
         partition: The :class:`~zk0cli.core.data.ClientPartition`.
         meta: The dataset's LeRobot metadata.
-        rename_map: Dataset key -> policy key (the site's own; in simulation
-            ``data.rename_map``).
+        rename_map: Dataset key -> policy key (the site's own; in simulation the client
+            entry's ``rename_map``, else ``data.rename_map``).
         device: Torch device name of local training.
         num_workers: DataLoader workers.
         simulated: ``True`` in simulation (clients share the coordinator's CPUs).
@@ -124,8 +124,9 @@ def plan_of(instr: Any, context: Context) -> SitePlan:
 
     cfg = RunConfig(data=instr.simulation, model=instr.model,
                     federation=FederationConfig(num_clients=instr.num_clients))
-    part = D.client_partition(cfg, int(context.node_config[K.PARTITION_ID_KEY]))
-    return SitePlan(part, D.load_metadata(part.ref), dict(instr.simulation.rename_map),
+    index = int(context.node_config[K.PARTITION_ID_KEY])
+    part = D.client_partition(cfg, index)
+    return SitePlan(part, D.load_metadata(part.ref), instr.simulation.client_rename_map(index),
                     instr.model.device, instr.training.num_workers, simulated=True)
 
 

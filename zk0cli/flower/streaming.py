@@ -22,9 +22,49 @@ from flwr.app import Message
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
 
-#: Seconds between two looks for missing replies when the grid names none: Flower's
-#: ``HttpGrid`` (deployment) waits 3 s; ``InMemoryGrid`` (simulation) has ``pull_interval``.
-PULL_INTERVAL_S = 3.0
+#: Seconds between two looks for missing replies when the grid names none (deployment:
+#: Flower's ``HttpGrid`` has no ``pull_interval``; its own ``send_and_receive`` waits 3 s,
+#: which a round with warm clients would pay on average half of). One look is one small
+#: ``PullMessages`` request per missing reply. ``InMemoryGrid`` (simulation) has
+#: ``pull_interval`` (0.1 s).
+PULL_INTERVAL_S = 0.5
+
+
+#: Backoff (seconds) of the ServerApp's pulls of a reply's objects (deployment). The
+#: SuperLink lists a reply as soon as the SuperNode has sent its header, before its
+#: objects; Flower's defaults (1 s, doubling to 10 s) then cost seconds per reply.
+PULL_BACKOFF_S = 0.05
+PULL_BACKOFF_CAP_S = 0.25
+
+
+def short_pull_backoff(grid: Any) -> bool:
+    """Make Flower's ``HttpGrid`` pull reply objects with :data:`PULL_BACKOFF_S` (idempotent).
+
+    ``HttpGrid.pull_messages`` calls ``pull_objects`` with Flower's default backoff; this
+    replaces the name in ``flwr.superlink.grid.http_grid`` (this process only) by a wrapper
+    that passes zk0's backoff unless the caller gives one.
+
+    Returns:
+        ``True`` when ``grid`` is an ``HttpGrid`` (the wrapper is in place).
+    """
+    import functools
+
+    try:
+        from flwr.superlink.grid import http_grid
+    except ImportError:  # another Flower layout: keep its defaults
+        return False
+    if not isinstance(grid, http_grid.HttpGrid):
+        return False
+    orig = getattr(http_grid.pull_objects, "__wrapped__", http_grid.pull_objects)
+
+    @functools.wraps(orig)
+    def pull_objects(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("initial_backoff", PULL_BACKOFF_S)
+        kwargs.setdefault("backoff_cap", PULL_BACKOFF_CAP_S)
+        return orig(*args, **kwargs)
+
+    http_grid.pull_objects = pull_objects
+    return True
 
 
 class StreamingGrid:
@@ -41,6 +81,7 @@ class StreamingGrid:
 
     def __init__(self, grid: Any, *, pull_interval_s: float | None = None) -> None:
         self._grid = grid
+        short_pull_backoff(grid)
         if pull_interval_s is None:
             pull_interval_s = float(getattr(grid, "pull_interval", PULL_INTERVAL_S))
         self.pull_interval_s = pull_interval_s
