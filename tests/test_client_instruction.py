@@ -104,7 +104,9 @@ class _Grid:
         out = []
         for m in messages:
             m.metadata.__dict__["_message_id"] = f"q{m.metadata.dst_node_id}"
-            out.append(client_app.join(m, self.contexts[m.metadata.dst_node_id]))
+            handler = client_app.stats if m.metadata.message_type.endswith(
+                K.STATS_ACTION) else client_app.join
+            out.append(handler(m, self.contexts[m.metadata.dst_node_id]))
         return out
 
 
@@ -187,3 +189,18 @@ def test_a_site_with_bad_episodes_is_named_at_the_join_check(tmp_path, make_bund
     info = reply.content.config_records[K.INFO_KEY]
     assert K.ERROR not in info, info[K.ERROR]
     assert reply.content.metric_records[K.METRICS_KEY][K.NUM_STEPS] == 2
+
+    # A site let through (min_clients = 1 here) still answers the statistics query: its
+    # NaN sums are left out of the merge with a named failure, not merged.
+    from zk0cli.core.rundir import RunDir
+    from zk0cli.core.stats import sums_from_json
+    from zk0cli.flower.stats import query_stats
+
+    one = cfg.model_copy(update={"federation": cfg.federation.model_copy(
+        update={"min_clients": 1})})
+    rundir = RunDir.create(tmp_path / "outputs", name="run")
+    merged = query_stats(grid, one, _instruction(bundle), rundir=rundir)
+    sums = sums_from_json(merged)
+    assert sums["action"].count == 3 * 20  # lab-a's 3 training episodes only
+    [line] = rundir.run_record().stats_left_out
+    assert line.startswith("client lab-b: non-finite statistics for action (sum)")

@@ -197,7 +197,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 
-        merged = query_stats(grid, cfg, instruction)
+        merged = query_stats(grid, cfg, instruction, rundir=rundir)
         if merged is not None:
             evaluator.use_stats(merged)
             instruction = instruction.model_copy(update={"stats": merged})

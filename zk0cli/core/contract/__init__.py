@@ -242,6 +242,9 @@ class RunRecord(_Record):
         default_factory=list, description="`data.skip_bad_episodes`: per dataset, the "
         "episodes dropped before round 1 (timestamps off 1/fps or non-finite state/action); "
         "in a deployment each site's are in its `join_check` report.")
+    stats_left_out: list[str] = Field(
+        default_factory=list, description="`data.stats = \"federated\"`: clients left out "
+        "of the merged statistics because theirs were not finite, one line per client.")
     client_failures: list[str] = Field(
         default_factory=list, description="Clients that failed in some rounds, below "
         "`federation.max_client_failure_rate`: one line per client with its share and reasons.")
