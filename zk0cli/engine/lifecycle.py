@@ -195,7 +195,10 @@ def _record_skipped(rundir: RunDir, prepared: PreparedData, ui: RunDisplay) -> N
     text = prepared.describe_skipped()
     if text is None:
         return
-    rundir.update_run(skipped_episodes=list(prepared.skipped))
+    from zk0cli.core.diskfull import run_writes
+
+    with run_writes(rundir, what="run.json"):
+        rundir.update_run(skipped_episodes=list(prepared.skipped))
     for line in text.splitlines():
         ui.info(line)
 
