@@ -181,3 +181,25 @@ def test_usable_episodes_are_all_but_the_bad_ones_only_with_skip(bad_root):
     assert usable_episodes(ref, meta, skip_bad=False) == ([0, 1, 2, 3, 4, 5], ())
     kept, skipped = usable_episodes(ref, meta, skip_bad=True)
     assert kept == [0, 2, 4, 5] and {p.kind for p in skipped} == {"timestamps", "non_finite"}
+
+
+def test_stats_recorded_over_a_dropped_nan_episode_are_recomputed(bad_root):
+    """LeRobot's meta/stats.json of a dataset with a NaN episode is NaN itself: with the
+    bad episodes dropped, a client's own statistics come from the episodes it uses."""
+    import json
+
+    from zk0cli.core.data import DatasetRef, dataset_stats, load_metadata
+    from zk0cli.core.stats import vector_stats
+
+    path = bad_root / "meta" / "stats.json"
+    stats = json.loads(path.read_text())
+    stats["action"]["mean"][2] = float("nan")  # as LeRobot records it over episode 3
+    path.write_text(json.dumps(stats))
+    meta = load_metadata(DatasetRef(name="lab/so101", repo_id="lab/so101", root=bad_root))
+    assert np.isnan(dataset_stats(meta, {})["action"]["mean"][2])
+    used = dataset_stats(meta, {"action": "action"}, episodes=[0, 2, 4])
+    fresh = vector_stats(bad_root, ["action"], [0, 2, 4])["action"]
+    assert np.isfinite(used["action"]["mean"]).all() and int(used["action"]["count"][0]) == 36
+    np.testing.assert_allclose(used["action"]["mean"], fresh["mean"])
+    np.testing.assert_allclose(used["observation.state"]["mean"],
+                               np.asarray(stats["observation.state"]["mean"]), rtol=1e-6)

@@ -457,15 +457,35 @@ def make_loader(
 
 
 def dataset_stats(
-    meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str]
+    meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str], *,
+    episodes: list[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The dataset's normalisation statistics, keyed by (renamed) feature key.
+
+    With ``episodes`` (the episodes actually used, after ``data.skip_bad_episodes``), a
+    feature whose recorded statistics are not finite — LeRobot computed them over the
+    dropped NaN episodes — is recomputed from those episodes' parquet values instead.
 
     Args:
         meta: The dataset's metadata (``meta/stats.json``).
         rename_map: Dataset key -> policy key.
+        episodes: The episode ids used, or ``None`` to take ``meta/stats.json`` as it is.
 
     Returns:
         ``{feature: {"mean": array, "std": array, "min": ..., "max": ..., ...}}``.
     """
-    return {rename_map.get(k, k): dict(v) for k, v in (meta.stats or {}).items()}
+    import numpy as np
+
+    stats = {k: dict(v) for k, v in (meta.stats or {}).items()}
+    if episodes:
+        bad = [k for k, v in stats.items()
+               if str(meta.features.get(k, {}).get("dtype")) in ("float32", "float64")
+               and not all(np.isfinite(np.asarray(x, dtype=np.float64)).all()
+                           for x in v.values())]
+        if bad:
+            from zk0cli.core.stats import vector_stats
+
+            logger.info("statistics of %s are not finite in meta/stats.json; recomputed "
+                        "from the %d episodes used", ", ".join(bad), len(episodes))
+            stats.update(vector_stats(Path(meta.root), bad, episodes))
+    return {rename_map.get(k, k): v for k, v in stats.items()}

@@ -168,7 +168,9 @@ def _state(instr: Any, context: Context) -> _ClientState:
         torch.set_num_threads(instr.client_cpus)
     model = instr.model.model_copy(update={"device": plan.device})
     bundle = build_policy(model, meta=plan.meta, rename_map=plan.rename_map,
-                          stats=D.dataset_stats(plan.meta, plan.rename_map), seed=instr.seed,
+                          stats=D.dataset_stats(plan.meta, plan.rename_map,
+                                                episodes=plan.partition.train_episodes),
+                          seed=instr.seed,
                           allow_missing_cameras=instr.allow_missing_cameras)
     dataset = D.open_dataset(plan.partition.ref, episodes=plan.partition.train_episodes,
                              chunk_size=bundle.policy.config.chunk_size,
