@@ -203,3 +203,25 @@ def test_stats_recorded_over_a_dropped_nan_episode_are_recomputed(bad_root):
     np.testing.assert_allclose(used["action"]["mean"], fresh["mean"])
     np.testing.assert_allclose(used["observation.state"]["mean"],
                                np.asarray(stats["observation.state"]["mean"]), rtol=1e-6)
+
+
+def test_a_simulated_client_drops_the_bad_episodes_from_the_instruction(bad_root, make_bundle):
+    """In simulation the data plan (with data.skip_bad_episodes) travels in the
+    instruction; each client's partition leaves the bad episodes out."""
+    from flwr.app import Context, RecordDict
+
+    from zk0cli import constants as K
+    from zk0cli.core.contract.instruction import features_of, run_instruction
+    from zk0cli.flower.client_app import plan_of
+
+    feats = features_of(make_bundle(seed=0).policy.config)
+    ctx = Context(run_id=1, node_id=3, node_config={K.PARTITION_ID_KEY: 1,
+                                                     "num-partitions": 2},
+                  state=RecordDict(), run_config={})
+    cfg = _cfg(bad_root, skip=True, partition="episodes", num_clients=2)
+    plan = plan_of(run_instruction(cfg, input_features=feats, stats=None, simulation=True), ctx)
+    assert plan.simulated and plan.partition.train_episodes == [4]
+    assert plan.partition.heldout_episodes == [5]
+    off = _cfg(bad_root, skip=False, partition="episodes", num_clients=2)
+    plan = plan_of(run_instruction(off, input_features=feats, stats=None, simulation=True), ctx)
+    assert plan.partition.train_episodes == [3, 4]  # 0-2 go to client 0
