@@ -105,3 +105,41 @@ def fixed_batch(train_dataset):
 def dataset_writer():
     """The :func:`write_dataset` function, for tests that need another dataset."""
     return write_dataset
+
+
+def corrupt_episodes(root: Path, *, drift=(), nan=()) -> Path:
+    """Corrupt a real LeRobotDataset's parquet files in place (its metadata stays as is).
+
+    Args:
+        root: The dataset folder.
+        drift: Episode ids whose timestamps run 1 % fast (a camera clock drifting: the
+            steps miss ``1 / fps`` by far more than LeRobot's 1e-4 s tolerance).
+        nan: Episode ids that get one NaN action value (their 3rd frame, joint 2).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in sorted((root / "data").glob("*/*.parquet")):
+        t = pq.read_table(path)
+        ep = t.column("episode_index").to_numpy()
+        ts = t.column("timestamp").to_numpy().copy()
+        act = np.stack(t.column("action").to_numpy(zero_copy_only=False)).copy()
+        for e in drift:
+            ts[ep == e] *= 1.01
+        for e in nan:
+            rows = np.flatnonzero(ep == e)
+            if rows.size:
+                act[rows[min(2, rows.size - 1)], 2] = np.nan
+        t = t.set_column(t.schema.get_field_index("timestamp"), "timestamp",
+                         pa.array(ts, type=t.schema.field("timestamp").type))
+        t = t.set_column(t.schema.get_field_index("action"), "action",
+                         pa.array(list(act), type=t.schema.field("action").type))
+        pq.write_table(t, path)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset_corrupter():
+    """The :func:`corrupt_episodes` function."""
+    return corrupt_episodes

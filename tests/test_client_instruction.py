@@ -33,9 +33,10 @@ def _context(tmp_path, site):
                    state=RecordDict(), run_config=run_config)
 
 
-def _instruction(bundle):
+def _instruction(bundle, *extra):
     cfg = load_config(preset="tiny", overrides=["data.heldout_episodes=1",
-                                                "training.batch_size=2", "model.device=cpu"])
+                                                "training.batch_size=2", "model.device=cpu",
+                                                *extra])
     return run_instruction(cfg, input_features=features_of(bundle.policy.config), stats=None,
                            simulation=False)
 
@@ -103,7 +104,9 @@ class _Grid:
         out = []
         for m in messages:
             m.metadata.__dict__["_message_id"] = f"q{m.metadata.dst_node_id}"
-            out.append(client_app.join(m, self.contexts[m.metadata.dst_node_id]))
+            handler = client_app.stats if m.metadata.message_type.endswith(
+                K.STATS_ACTION) else client_app.join
+            out.append(handler(m, self.contexts[m.metadata.dst_node_id]))
         return out
 
 
@@ -134,3 +137,70 @@ def test_server_join_check_stops_below_min_clients(tmp_path, make_bundle, so101_
     ok = query_join(grid, cfg.model_copy(update={"federation": cfg.federation.model_copy(
         update={"min_clients": 1})}), instr)
     assert [r.ok for r in sorted(ok, key=lambda r: r.client_id)] == [True, False]
+
+
+def test_a_site_with_bad_episodes_is_named_at_the_join_check(tmp_path, make_bundle,
+                                                             so101_root, dataset_corrupter,
+                                                             monkeypatch):
+    """Drifting timestamps / NaN at one site: refused before round 1 naming the site and the
+    episode ids; with data.skip_bad_episodes the site joins and trains without them."""
+    import shutil
+
+    import pytest
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from zk0cli.flower.join import JoinCheckError, query_join
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    bundle = make_bundle(seed=1)
+    root = dataset_corrupter(shutil.copytree(so101_root, tmp_path / "drift"), drift=(1,),
+                             nan=(2,))
+    good = SiteConfig(dataset="zk0test/so101", dataset_root=so101_root, client_id="lab-a")
+    bad = SiteConfig(dataset="zk0test/so101", dataset_root=root, client_id="lab-b",
+                     device="cpu")
+    grid = _Grid({1: _context(tmp_path / "a", good), 2: _context(tmp_path / "b", bad)})
+    cfg = load_config(preset="tiny", overrides=["federation.min_clients=2",
+                                                "federation.node_wait_timeout_s=1"])
+    client_app._CACHE.clear()
+    with pytest.raises(JoinCheckError) as err:
+        query_join(grid, cfg, _instruction(bundle))
+    text = str(err.value)
+    assert "site lab-b (zk0test/so101): REFUSED" in text
+    assert "site lab-a (zk0test/so101): ok" in text
+    assert "2 bad episode(s) [1, 2] refused:" in text
+    assert "episode 1: timestamps drift" in text and "episode 2: action: 1 frame(s)" in text
+    assert "data.skip_bad_episodes = true on the coordinator" in text
+    # Training there fails with the same report, never with LeRobot's FrameTimestampError.
+    reply = client_app.train(_train_message(bundle, _instruction(bundle)),
+                             _context(tmp_path / "b", bad))
+    assert "[1, 2] refused" in str(reply.content.config_records[K.INFO_KEY][K.ERROR])
+
+    skip = _instruction(bundle, "data.skip_bad_episodes=true")
+    reports = {r.client_id: r for r in query_join(grid, cfg, skip)}
+    assert reports["lab-a"].ok and reports["lab-a"].bad_episodes == []
+    b = reports["lab-b"]
+    assert b.ok and b.skipped_bad_episodes and b.bad_episodes == [1, 2]
+    assert "2 bad episode(s) [1, 2] skipped (data.skip_bad_episodes)" in b.describe()
+    plan = client_app.plan_of(skip, _context(tmp_path / "b", bad))
+    assert (plan.partition.train_episodes, plan.partition.heldout_episodes) == ([0], [3])
+    reply = client_app.train(_train_message(bundle, skip), _context(tmp_path / "b", bad))
+    info = reply.content.config_records[K.INFO_KEY]
+    assert K.ERROR not in info, info[K.ERROR]
+    assert reply.content.metric_records[K.METRICS_KEY][K.NUM_STEPS] == 2
+
+    # A site let through (min_clients = 1 here) still answers the statistics query: its
+    # NaN sums are left out of the merge with a named failure, not merged.
+    from zk0cli.core.rundir import RunDir
+    from zk0cli.core.stats import sums_from_json
+    from zk0cli.flower.stats import query_stats
+
+    one = cfg.model_copy(update={"federation": cfg.federation.model_copy(
+        update={"min_clients": 1})})
+    rundir = RunDir.create(tmp_path / "outputs", name="run")
+    merged = query_stats(grid, one, _instruction(bundle), rundir=rundir)
+    sums = sums_from_json(merged)
+    assert sums["action"].count == 3 * 20  # lab-a's 3 training episodes only
+    [line] = rundir.run_record().stats_left_out
+    assert line.startswith("client lab-b: non-finite statistics for action (sum)")

@@ -46,6 +46,7 @@ device = "cpu"
 clients = [{{source = "hub", name = "site-a"}}, {{source = "hub", name = "site-b"}}]
 eval = [{{source = "local", name = "zk0test/ref", root = "{eval_root}"}}]
 heldout_episodes = 1
+skip_bad_episodes = true
 [training]
 steps_per_round = 2
 batch_size = 2
@@ -86,7 +87,8 @@ def _in_own_namespace(hidden: list[Path], home: Path, argv: list[str]) -> list[s
     return ["unshare", "--mount", "--fork", "sh", "-c", f"{mounts} && exec {env} {cmd}"]
 
 
-def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_writer):
+def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_writer,
+                                                             dataset_corrupter):
     coord = tmp_path / "coord"
     coord.mkdir()
     certs = coord / "certs"
@@ -96,6 +98,10 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
     config = _coordinator_config(coord, ref)
     sites = {n: _site(tmp_path, n, s, certs, i + 1, dataset_writer)
              for i, (n, s) in enumerate(SITES.items())}
+    # site-b's camera clock drifted in episode 0: with data.skip_bad_episodes the site
+    # drops it at the join check and trains on the others (else LeRobot's
+    # FrameTimestampError would fail it every round).
+    dataset_corrupter(sites["site-b"]["root"] / "data", drift=(0,))
     hidden = [coord, Path(os.environ["ZK0_CACHE_DIR"]).parent]  # the coordinator's caches
     port = free_port()
     address = f"{HOST}:{port}"
@@ -153,6 +159,10 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
     assert run["status"] == "completed" and run["engine"] == "deployment"
     assert sorted(r["client_id"] for r in run["join_check"]) == ["site-a", "site-b"]
     assert all(r["ok"] for r in run["join_check"])
+    joined = {r["client_id"]: r for r in run["join_check"]}
+    assert joined["site-a"]["bad_episodes"] == []
+    assert joined["site-b"]["bad_episodes"] == [0] and joined["site-b"]["skipped_bad_episodes"]
+    assert "timestamps drift" in joined["site-b"]["episode_problems"][0]
     for r in (1, 2):
         rf = read_json(rd.server_eval(r))
         assert rf["aggregated"] and rf["failures"] == []

@@ -121,10 +121,12 @@ class RichDisplay:
 
         from zk0cli import constants as K
         from zk0cli.core import contract as C
+        from zk0cli.core.diskfull import RunLogHandler, run_writes
 
         clock = EtaClock()
-        rundir.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(rundir.logs_dir / C.CLI_LOG, encoding="utf-8")
+        with run_writes(rundir, what=f"{C.LOGS_DIR}/{C.CLI_LOG}"):
+            rundir.logs_dir.mkdir(parents=True, exist_ok=True)
+            log_file = RunLogHandler(rundir.logs_dir / C.CLI_LOG)
         log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         zk0_logger = logging.getLogger(K.LOGGER_NAME)
         zk0_logger.addHandler(log_file)

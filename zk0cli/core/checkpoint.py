@@ -178,10 +178,23 @@ def write_checkpoint(
         The checkpoint directory.
 
     Raises:
-        OSError: The disk is full (``ENOSPC``) or the folder is not writable; the
-            previous checkpoint and ``models/latest`` are untouched and the partial
-            directory is removed.
+        DiskFullError: The disk is full (``ENOSPC``, or less than ``min_free_bytes``
+            free); ``run.json`` is ``failed`` with the reason
+            (:func:`zk0cli.core.diskfull.run_writes`).
+        OSError: The folder is not writable. In both cases the previous checkpoint and
+            ``models/latest`` are untouched and the partial directory is removed.
     """
+    from zk0cli.core.diskfull import run_writes
+
+    with run_writes(rundir, what=f"the checkpoint of round {server_round}"):
+        return _write_checkpoint(rundir, server_round, save_policy=save_policy,
+                                 metrics=metrics, write_card=write_card,
+                                 min_free_bytes=min_free_bytes)
+
+
+def _write_checkpoint(rundir: RunDir, server_round: int, *, save_policy: Callable[[Path], None],
+                      metrics: CheckpointMetrics | Mapping[str, Any],
+                      write_card: Callable[[Path], None] | None, min_free_bytes: int) -> Path:
     final = rundir.checkpoint(server_round)
     free = shutil.disk_usage(rundir.models_dir).free
     if free < min_free_bytes:

@@ -142,7 +142,8 @@ def describe(name: str, problems: Sequence[EpisodeProblem]) -> str:
     lines = "\n".join(f"  - episode {p.episode}: {p.detail}" for p in problems[:20])
     more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
     return (f"dataset {name}: {len(ids)} bad episode(s) {ids}:\n{lines}{more}\n"
-            "Fix or re-record these episodes, or hold them out (data.heldout_episodes).")
+            "Fix or re-record these episodes, or set data.skip_bad_episodes = true to "
+            "train without them.")
 
 
 def non_finite_stats(sums: Mapping[str, Any]) -> list[str]:
@@ -157,3 +158,38 @@ def non_finite_stats(sums: Mapping[str, Any]) -> list[str]:
             if not np.isfinite(np.asarray(getattr(s, field), dtype=np.float64)).all():
                 bad.append(f"{key} ({field})")
     return bad
+
+
+_PROBLEMS: dict[tuple[str, float, tuple[tuple[str, int, int], ...]], list[EpisodeProblem]] = {}
+
+
+def dataset_problems(root: Path, fps: float) -> list[EpisodeProblem]:
+    """:func:`check_dataset` of a local dataset, cached while its parquet files are unchanged.
+
+    Every process that splits a dataset (the coordinator, each simulated client, each site)
+    asks this once per dataset; it reads only the parquet columns (tens of ms for a few
+    thousand frames).
+
+    Args:
+        root: Dataset folder.
+        fps: The dataset's frames per second.
+
+    Returns:
+        The problems, or ``[]`` when no frames are on disk yet (a Hub dataset whose parquet
+        files are not downloaded: its frames are checked where they are downloaded).
+    """
+    paths = sorted((Path(root) / "data").glob("*/*.parquet"))
+    if not paths:
+        return []
+    key = (str(Path(root).absolute()), float(fps),
+           tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths))
+    if key not in _PROBLEMS:
+        if len(_PROBLEMS) >= 64:  # a few datasets per process is the common case
+            _PROBLEMS.clear()
+        _PROBLEMS[key] = check_dataset(root, fps)
+    return list(_PROBLEMS[key])
+
+
+def problem_ids(problems: Sequence[EpisodeProblem]) -> list[int]:
+    """The sorted, distinct episode ids of ``problems``."""
+    return sorted({p.episode for p in problems})

@@ -136,6 +136,11 @@ class DataConfig(_Section):
     heldout_episodes: int = Field(
         1, ge=0, description="Last k episodes of each client dataset held out for evaluation."
     )
+    skip_bad_episodes: bool = Field(
+        False,
+        description="Drop episodes whose timestamps drift or whose state/action values are "
+        "not finite (instead of refusing the run); their ids are recorded in run.json.",
+    )
     rename_map: dict[str, str] = Field(
         default_factory=dict,
         description="Dataset feature key -> policy feature key, e.g. "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
+    from zk0cli.core.checks import EpisodeProblem
     from zk0cli.core.config import DatasetSpec, RunConfig, SimConfig
     from zk0cli.core.sim.cache import SimDatasetKey
 
@@ -184,6 +185,8 @@ class ClientPartition:
         ref: The dataset.
         train_episodes: Episode indices this client trains on (never empty).
         heldout_episodes: Episode indices held out for evaluation (may be empty).
+        skipped: Problems of the episodes dropped by ``data.skip_bad_episodes`` (in
+            neither list).
     """
 
     client_id: str
@@ -191,16 +194,52 @@ class ClientPartition:
     ref: DatasetRef
     train_episodes: list[int]
     heldout_episodes: list[int]
+    skipped: tuple[EpisodeProblem, ...] = field(default=())
 
 
-def _split_heldout(name: str, total: int, k: int) -> tuple[list[int], list[int]]:
-    if total - k < 1:
+def _split_heldout(name: str, episodes: list[int], k: int,
+                   skipped: tuple[EpisodeProblem, ...] = ()) -> tuple[list[int], list[int]]:
+    """The last ``k`` of ``episodes`` held out, the rest for training (never empty)."""
+    from zk0cli.core.checks import problem_ids
+
+    n = len(episodes)
+    if n - k < 1:
+        dropped = (f" after data.skip_bad_episodes dropped {len(problem_ids(skipped))} "
+                   f"bad episode(s) {problem_ids(skipped)}") if skipped else ""
         raise DatasetError(
-            f"Dataset {name!r} has {total} episode(s); holding out the last "
+            f"Dataset {name!r} has {n} episode(s){dropped}; holding out the last "
             f"data.heldout_episodes = {k} leaves none to train on. Lower "
             "data.heldout_episodes or use a larger dataset."
         )
-    return list(range(total - k)), list(range(total - k, total))
+    return episodes[: n - k], episodes[n - k:]
+
+
+def usable_episodes(ref: DatasetRef, meta: LeRobotDatasetMetadata, *, skip_bad: bool
+                    ) -> tuple[list[int], tuple[EpisodeProblem, ...]]:
+    """A dataset's episode ids, without the bad ones when ``skip_bad`` is set.
+
+    Bad episodes are those :func:`zk0cli.core.checks.dataset_problems` finds: timestamps
+    not spaced ``1 / fps`` (LeRobot's tolerance) or non-finite state/action values.
+
+    Args:
+        ref: The dataset.
+        meta: Its metadata.
+        skip_bad: ``data.skip_bad_episodes``.
+
+    Returns:
+        The kept episode ids in order, and the problems of the dropped ones.
+    """
+    from zk0cli.core.checks import dataset_problems, problem_ids
+
+    total = int(meta.total_episodes)
+    if not skip_bad:
+        return list(range(total)), ()
+    problems = tuple(dataset_problems(Path(meta.root), float(meta.fps)))
+    bad = set(problem_ids(problems))
+    if bad:
+        logger.info("dataset %s: skipping %d bad episode(s) %s", ref.name, len(bad),
+                    sorted(bad))
+    return [e for e in range(total) if e not in bad], problems
 
 
 def check_sim_shares(cfg: RunConfig) -> None:
@@ -217,7 +256,7 @@ def check_sim_shares(cfg: RunConfig) -> None:
         return
     for spec in cfg.data.clients[: max(cfg.num_clients, 1)]:
         if spec.source == "sim":
-            _split_heldout(spec.name, spec.episodes or cfg.data.sim.episodes,
+            _split_heldout(spec.name, list(range(spec.episodes or cfg.data.sim.episodes)),
                            cfg.data.heldout_episodes)
 
 
@@ -241,20 +280,29 @@ def client_partition(cfg: RunConfig, index: int) -> ClientPartition:
     if cfg.data.partition == "dataset":
         ref = resolve_dataset(cfg.data.clients[index], cfg.data.sim)
         meta = load_metadata(ref)
-        train, held = _split_heldout(ref.name, meta.total_episodes, k)
-        return ClientPartition(str(index), ref.name, ref, train, held)
+        episodes, skipped = usable_episodes(ref, meta, skip_bad=cfg.data.skip_bad_episodes)
+        train, held = _split_heldout(ref.name, episodes, k, skipped)
+        return ClientPartition(str(index), ref.name, ref, train, held, skipped)
     return _episode_partitions(cfg)[index]
 
 
 def site_partition(client_id: str, ref: DatasetRef, meta: LeRobotDatasetMetadata, *,
-                   heldout_episodes: int) -> ClientPartition:
+                   heldout_episodes: int, skip_bad_episodes: bool = False) -> ClientPartition:
     """A deployed site's partition: its whole dataset minus the last held-out episodes.
+
+    Args:
+        client_id: The site's name in the run.
+        ref: Its dataset.
+        meta: The dataset's metadata.
+        heldout_episodes: Episodes at the end kept out of training.
+        skip_bad_episodes: Drop bad episodes first (:func:`usable_episodes`).
 
     Raises:
         DatasetError: Holding out ``heldout_episodes`` leaves no episode to train on.
     """
-    train, held = _split_heldout(ref.name, int(meta.total_episodes), heldout_episodes)
-    return ClientPartition(client_id, ref.name, ref, train, held)
+    episodes, skipped = usable_episodes(ref, meta, skip_bad=skip_bad_episodes)
+    train, held = _split_heldout(ref.name, episodes, heldout_episodes, skipped)
+    return ClientPartition(client_id, ref.name, ref, train, held, skipped)
 
 
 def client_partitions(cfg: RunConfig) -> list[ClientPartition]:
@@ -286,20 +334,25 @@ def _episode_partitions(cfg: RunConfig) -> list[ClientPartition]:
     out: list[ClientPartition] = []
     ref = resolve_dataset(cfg.data.clients[0], cfg.data.sim)
     meta = load_metadata(ref)
-    total = meta.total_episodes
-    train_all, held = _split_heldout(ref.name, total, k)
+    from zk0cli.core.checks import problem_ids
+
+    episodes, skipped = usable_episodes(ref, meta, skip_bad=cfg.data.skip_bad_episodes)
+    total = len(episodes)
+    train_all, held = _split_heldout(ref.name, episodes, k, skipped)
     if total - k < n:
+        dropped = f", {len(problem_ids(skipped))} bad skipped" if skipped else ""
         raise DatasetError(
             f"{n} clients but only {total - k} episodes to train on in {ref.name!r} "
-            f"({total} episodes, last {k} held out by data.heldout_episodes); every client "
-            "needs at least one. Lower federation.num_clients or data.heldout_episodes, or "
+            f"({total} episodes{dropped}, last {k} held out by data.heldout_episodes); every "
+            "client needs at least one. Lower federation.num_clients or data.heldout_episodes, or "
             "use more episodes."
         )
     base, extra = divmod(len(train_all), n)
     start = 0
     for i in range(n):
         size = base + (1 if i < extra else 0)
-        out.append(ClientPartition(str(i), ref.name, ref, train_all[start:start + size], held))
+        out.append(ClientPartition(str(i), ref.name, ref, train_all[start:start + size], held,
+                                   skipped))
         start += size
     return out
 
@@ -410,15 +463,35 @@ def make_loader(
 
 
 def dataset_stats(
-    meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str]
+    meta: LeRobotDatasetMetadata, rename_map: Mapping[str, str], *,
+    episodes: list[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The dataset's normalisation statistics, keyed by (renamed) feature key.
+
+    With ``episodes`` (the episodes actually used, after ``data.skip_bad_episodes``), a
+    feature whose recorded statistics are not finite — LeRobot computed them over the
+    dropped NaN episodes — is recomputed from those episodes' parquet values instead.
 
     Args:
         meta: The dataset's metadata (``meta/stats.json``).
         rename_map: Dataset key -> policy key.
+        episodes: The episode ids used, or ``None`` to take ``meta/stats.json`` as it is.
 
     Returns:
         ``{feature: {"mean": array, "std": array, "min": ..., "max": ..., ...}}``.
     """
-    return {rename_map.get(k, k): dict(v) for k, v in (meta.stats or {}).items()}
+    import numpy as np
+
+    stats = {k: dict(v) for k, v in (meta.stats or {}).items()}
+    if episodes:
+        bad = [k for k, v in stats.items()
+               if str(meta.features.get(k, {}).get("dtype")) in ("float32", "float64")
+               and not all(np.isfinite(np.asarray(x, dtype=np.float64)).all()
+                           for x in v.values())]
+        if bad:
+            from zk0cli.core.stats import vector_stats
+
+            logger.info("statistics of %s are not finite in meta/stats.json; recomputed "
+                        "from the %d episodes used", ", ".join(bad), len(episodes))
+            stats.update(vector_stats(Path(meta.root), bad, episodes))
+    return {rename_map.get(k, k): v for k, v in stats.items()}

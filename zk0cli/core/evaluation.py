@@ -97,7 +97,8 @@ class ServerEvaluator:
         for spec in cfg.data.eval:
             r = D.resolve_dataset(spec, cfg.data.sim)
             meta = D.load_metadata(r)
-            ds = D.open_dataset(r, episodes=None, chunk_size=chunk,
+            episodes, skipped = D.usable_episodes(r, meta, skip_bad=cfg.data.skip_bad_episodes)
+            ds = D.open_dataset(r, episodes=episodes if skipped else None, chunk_size=chunk,
                                 video_backend=cfg.data.video_backend)
             name = eval_name(spec.name, spec.seed if spec.source == "sim" else None)
             sets.append(EvalSet(name, ds, _with_stats(bundle, meta,

@@ -106,6 +106,15 @@ class RunRecorder:
                 evaluated.
             seconds: Wall seconds the round took on the server.
         """
+        from zk0cli.core.diskfull import run_writes
+
+        with run_writes(self.rundir, what=f"the files of round {server_round}"):
+            return self._record_round(server_round, outcome=outcome, server_eval=server_eval,
+                                      seconds=seconds)
+
+    def _record_round(self, server_round: int, *, outcome: RoundOutcome | None,
+                      server_eval: ServerEval | Mapping[str, Any] | None,
+                      seconds: float) -> ServerRoundRecord:
         if server_eval is not None and not isinstance(server_eval, ServerEval):
             server_eval = ServerEval.model_validate(server_eval)
         reports = outcome.reports if outcome else []

@@ -200,6 +200,18 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
             f"federation.rounds = {config.federation.rounds}; pass --rounds N with N > "
             f"{point.server_round} to train further."
         )
+    from zk0cli.core.diskfull import run_writes
+
+    with run_writes(rundir, what="the resume's bookkeeping"):
+        return _record_resume(rundir, config, point, safe)
+
+
+def _record_resume(rundir: RunDir, config: RunConfig, point: ResumePoint, safe: list[str]
+                   ) -> ResumePoint:
+    """Move the later rounds' files aside and record the resume (config.json, run.json)."""
+    from zk0cli.core.diskfull import reserve
+
+    reserve(rundir)  # room again for the final run.json (a full disk may have used it)
     run = rundir.run_record()
     k = len(run.resumes) + 1
     moved = _supersede_after(rundir, point.server_round, k)

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from zk0cli.core.config import SiteConfig
 from zk0cli.errors import ConfigError, DatasetError, FieldProblem
 
 if TYPE_CHECKING:
+    from zk0cli.core.checks import EpisodeProblem
     from zk0cli.core.contract.instruction import FeatureSpec
     from zk0cli.core.data import DatasetRef
 
@@ -41,6 +42,11 @@ class JoinReport(BaseModel):
         problems: Other reasons it cannot join (shape of the state, unreadable dataset).
         rename_fix: Site-file rename-map lines (``dataset key -> policy key``) that fix it.
         allow_missing_cameras: ``model.allow_missing_cameras = true`` would let it join.
+        bad_episodes: Episode ids whose timestamps are not spaced ``1 / fps`` or whose
+            state/action values are not finite (:func:`zk0cli.core.checks.check_dataset`).
+        episode_problems: ``episode N: what is wrong``, one per problem of those episodes.
+        skipped_bad_episodes: The site trains without ``bad_episodes``
+            (``data.skip_bad_episodes``); otherwise they refuse it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +59,9 @@ class JoinReport(BaseModel):
     problems: list[str] = []
     rename_fix: dict[str, str] = {}
     allow_missing_cameras: bool = False
+    bad_episodes: list[int] = []
+    episode_problems: list[str] = []
+    skipped_bad_episodes: bool = False
 
     def describe(self) -> str:
         """A few lines for the coordinator's console, naming the fix."""
@@ -63,6 +72,15 @@ class JoinReport(BaseModel):
         if self.extra:
             lines.append(f"  extra:   {', '.join(self.extra)}")
         lines += [f"  {p}" for p in self.problems]
+        if self.bad_episodes:
+            what = "skipped (data.skip_bad_episodes)" if self.skipped_bad_episodes else \
+                "refused"
+            lines.append(f"  {len(self.bad_episodes)} bad episode(s) {self.bad_episodes} "
+                         f"{what}:")
+            lines += [f"    {p}" for p in self.episode_problems[:20]]
+            if not self.skipped_bad_episodes:
+                lines.append("  fix: re-record these episodes at the site, or set "
+                             "data.skip_bad_episodes = true on the coordinator")
         if self.rename_fix:
             lines.append("  fix: add to the site's rename map (site file [rename_map]):")
             lines += [f'    "{k}" = "{v}"' for k, v in self.rename_fix.items()]
@@ -165,6 +183,33 @@ def join_report(client_id: str, dataset: str, dataset_keys: Mapping[str, tuple[i
     return JoinReport(client_id=client_id, dataset=dataset, ok=ok, missing=missing,
                       extra=extra, problems=problems, rename_fix=fix if not ok else {},
                       allow_missing_cameras=allow_fix and not allow_missing_cameras and not ok)
+
+
+def with_episode_checks(report: JoinReport, meta: Any, skipped: Sequence[EpisodeProblem], *,
+                        skip_bad: bool) -> JoinReport:
+    """Add the dataset's frame checks (timestamps, non-finite values) to a join report.
+
+    Args:
+        report: The report of :func:`join_report`.
+        meta: The site's dataset metadata (its ``root`` and ``fps``).
+        skipped: The problems of the episodes the site's partition already dropped
+            (``ClientPartition.skipped``; used when ``skip_bad``).
+        skip_bad: ``data.skip_bad_episodes``: bad episodes are dropped, the site may join.
+
+    Returns:
+        The report naming the bad episode ids; not ``ok`` when there are some and
+        ``skip_bad`` is off.
+    """
+    from zk0cli.core.checks import dataset_problems, problem_ids
+
+    problems = list(skipped) if skip_bad else dataset_problems(Path(meta.root),
+                                                                float(meta.fps))
+    if not problems:
+        return report
+    return report.model_copy(update={
+        "ok": report.ok and skip_bad, "bad_episodes": problem_ids(problems),
+        "episode_problems": [f"episode {p.episode}: {p.detail}" for p in problems],
+        "skipped_bad_episodes": skip_bad})
 
 
 def dataset_shapes(meta: Any) -> dict[str, tuple[int, ...]]:

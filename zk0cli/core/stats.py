@@ -120,6 +120,27 @@ def _read_columns(root: Any, keys: list[str], episodes: list[int]) -> dict[str, 
     return out
 
 
+def vector_stats(root: Any, keys: Sequence[str], episodes: Sequence[int]
+                 ) -> dict[str, dict[str, np.ndarray]]:
+    """LeRobot statistics of state/action ``keys`` over ``episodes``, from parquet only.
+
+    Args:
+        root: Dataset folder.
+        keys: Vector feature keys (dataset names, e.g. ``action``).
+        episodes: Episode ids to count (never empty).
+
+    Returns:
+        ``{key: {"mean", "std", "min", "max", "count"}}`` as :func:`to_lerobot_stats`.
+
+    Raises:
+        DatasetError: No parquet files under ``root / "data"``.
+    """
+    from pathlib import Path
+
+    cols = _read_columns(Path(root), list(keys), list(episodes))
+    return to_lerobot_stats({k: FeatureSums.of(v, VECTOR) for k, v in cols.items()})
+
+
 def sample_frame_indices(num_frames: int, image_frames: int) -> list[int]:
     """At most ``image_frames`` frame positions, evenly spaced over ``num_frames``."""
     if num_frames <= 0 or image_frames <= 0:

@@ -31,6 +31,7 @@ from zk0cli.errors import UsageError
 if TYPE_CHECKING:
     from zk0cli.core.config import RunConfig
     from zk0cli.engine.deploy_options import ConnectionOptions, LocalTrialOptions
+    from zk0cli.engine.prepare import PreparedData
     from zk0cli.engine.runs import ProgressFn
 
 #: Runs the Flower run with a progress callback; returns the final ``run.json`` status.
@@ -189,6 +190,19 @@ def _create(req: RunRequest, cfg: RunConfig, rundir: RunDir | None, engine: str)
     return create_run(cfg, out=req.out, command=req.command, engine=engine)
 
 
+def _record_skipped(rundir: RunDir, prepared: PreparedData, ui: RunDisplay) -> None:
+    """``data.skip_bad_episodes``: record the dropped episodes in run.json and print them."""
+    text = prepared.describe_skipped()
+    if text is None:
+        return
+    from zk0cli.core.diskfull import run_writes
+
+    with run_writes(rundir, what="run.json"):
+        rundir.update_run(skipped_episodes=list(prepared.skipped))
+    for line in text.splitlines():
+        ui.info(line)
+
+
 def _finish(rundir: RunDir, status: str) -> RunOutcome:
     """Step 7."""
     return RunOutcome(rundir, status, rundir.run_record().error)
@@ -216,8 +230,10 @@ def simulate(req: RunRequest, ui: RunDisplay, *, config: RunConfig | None = None
     if rundir is None:
         _check_resources(cfg, ui, simulation=True)
     with ui.status("preparing datasets...") as update:
-        prepare_datasets(cfg, on_dataset=lambda n: update(f"preparing dataset {n}..."))
+        prepared = prepare_datasets(cfg, on_dataset=lambda n: update(
+            f"preparing dataset {n}..."))
     rundir = _create(req, cfg, rundir, "simulation")
+    _record_skipped(rundir, prepared, ui)
     par = parallelism(cfg)
     ui.info(f"run directory: {rundir.root}")
     ui.info(f"{cfg.num_clients} clients, {cfg.federation.rounds} round(s); {par.describe()}")
@@ -267,8 +283,9 @@ def train(req: RunRequest, target: TrainTarget, ui: RunDisplay, *,
         if rundir is None:
             _check_resources(cfg, ui, simulation=False)
         with ui.status("preparing datasets..."):
-            prepare_datasets(cfg)
+            prepared = prepare_datasets(cfg)
         run = _create(req, cfg, rundir, "deployment")
+        _record_skipped(run, prepared, ui)
         ui.info(f"run directory: {run.root}")
         ui.info(f"local trial: SuperLink + {trial.nodes} SuperNodes, "
                 f"{'TLS' if not trial.insecure else 'no TLS'}"

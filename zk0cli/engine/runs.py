@@ -16,7 +16,7 @@ from pathlib import Path
 
 from zk0cli.core.config import RunConfig, config_to_json
 from zk0cli.core.contract import FINAL_STATUSES, RunRecord
-from zk0cli.core.diskfull import reserve
+from zk0cli.core.diskfull import reserve, run_writes
 from zk0cli.core.owner import claim
 from zk0cli.core.rundir import RunDir, check_new_dir, read_server_round
 from zk0cli.engine.flwr_proc import FlowerHome, run_status, stop_run
@@ -66,18 +66,20 @@ def create_run(config: RunConfig, *, out: Path | None, command: str, engine: str
 
     Raises:
         RunDirError: ``out`` already exists (nothing is overwritten).
+        DiskFullError: The disk is full (``run.json`` says ``failed`` if it fits).
     """
     if out is not None:
         out = check_new_dir(out, purpose="--out")
         rundir = RunDir.create(out.parent, name=out.name)
     else:
         rundir = RunDir.create(config.output_root)
-    claim(rundir.root)  # this process owns the run from its first file on
-    reserve(rundir)  # room for the final run.json even if the disk fills up
-    rundir.config_json.write_text(config_to_json(config) + "\n", encoding="utf-8")
-    rundir.update_run(status="running", command=command, engine=engine, seed=config.seed,
-                      rounds_planned=config.federation.rounds, rounds_completed=0,
-                      started_at=time.time(), error=None)
+    with run_writes(rundir, what="the new run directory"):
+        claim(rundir.root)  # this process owns the run from its first file on
+        reserve(rundir)  # room for the final run.json even if the disk fills up
+        rundir.config_json.write_text(config_to_json(config) + "\n", encoding="utf-8")
+        rundir.update_run(status="running", command=command, engine=engine, seed=config.seed,
+                          rounds_planned=config.federation.rounds, rounds_completed=0,
+                          started_at=time.time(), error=None)
     return rundir
 
 

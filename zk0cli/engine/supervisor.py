@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from zk0cli.core.config import RunConfig
-from zk0cli.core.diskfull import disk_full_error, is_disk_full, record_failure
+from zk0cli.core.diskfull import fail_disk_full, is_disk_full
 from zk0cli.core.owner import Claim, claim, release
 from zk0cli.core.rundir import RunDir
 from zk0cli.engine.flwr_proc import (
@@ -88,13 +88,12 @@ class Supervisor:
                  tb: TracebackType | None) -> None:
         from zk0cli.engine.watchdog import stop_watchdog
 
-        disk_full = exc is not None and not isinstance(exc, DiskFullError) and \
-            is_disk_full(exc)
+        disk_full: DiskFullError | None = None
         try:
             if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
                 self._interrupted()
-            if disk_full and exc is not None:
-                record_failure(self.rundir, str(disk_full_error(self.rundir.root, exc)))
+            if exc is not None and is_disk_full(exc):  # one path: core.diskfull
+                disk_full = fail_disk_full(self.rundir, exc)
             for proc in reversed(self.procs):  # e.g. SuperNodes first, then the SuperLink
                 stop_tree(proc)
             reap_survivors()
@@ -103,8 +102,8 @@ class Supervisor:
                 stop_watchdog(self._watchdog)
             self._guard.__exit__(exc_type, exc, tb)
             release(self.rundir.root)
-        if disk_full and exc is not None:  # zk0's message instead of a traceback
-            raise disk_full_error(self.rundir.root, exc) from None
+        if disk_full is not None and disk_full is not exc:  # zk0's message, no traceback
+            raise disk_full from None
 
     def _kill_now(self) -> None:
         """Second Ctrl-C: SIGKILL every process of the run, then record the interrupt.

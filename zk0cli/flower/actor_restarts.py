@@ -12,6 +12,19 @@ Flower reads only ``num_cpus``/``num_gpus`` from a pool's client resources and p
 whole mapping to ``ActorClass.options``, so the option travels in that mapping. It is
 installed in the ``flwr-simulation`` process only, which imports the zk0 ClientApp
 before it builds the pool (:func:`install_in_simulation_runtime`).
+
+Why a patch and not a setting (checked against flwr 1.42): the pool's resources come from
+the run's federation config, which travels from ``flwr run`` through the SuperLink as the
+typed ``SimulationConfig`` protobuf (``flwr/proto/federation_config.proto``); that message
+has fields for ``client_resources_num_cpus``/``num_gpus`` and a few ``init_args`` only,
+and ``flwr/simulation/app.py`` copies exactly those into the backend config. So
+``client-resources-max-restarts`` never reaches ``RayBackend._validate_client_resources``
+(which would accept it), ``ray.init`` has no default for actors' ``max_restarts``, and the
+backend registry (``supported_backends``) can only be extended by patching too. Wrapping
+``BasicActorPool.__init__`` is the smallest change: it adds one key to the mapping Flower
+already passes to ``ActorClass.options``. ``flwr`` is pinned exactly; the end-to-end test
+(``tests/test_actor_restart_e2e.py``, a worker killed once trains again) fails if an
+upgrade moves this seam.
 """
 
 from __future__ import annotations

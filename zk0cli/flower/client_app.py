@@ -111,8 +111,8 @@ def plan_of(instr: Any, context: Context) -> SitePlan:
         ref = dataset_ref(site)
         meta = D.load_metadata(ref)
         client_id = site.client_id or str(context.node_id)
-        part = D.site_partition(client_id, ref, meta,
-                                heldout_episodes=instr.heldout_episodes)
+        part = D.site_partition(client_id, ref, meta, heldout_episodes=instr.heldout_episodes,
+                                skip_bad_episodes=instr.skip_bad_episodes)
         return SitePlan(part, meta, dict(site.rename_map), site.device, site.num_workers,
                         simulated=False)
     if instr.simulation is None:
@@ -131,12 +131,19 @@ def plan_of(instr: Any, context: Context) -> SitePlan:
 
 
 def _check_join(instr: Any, plan: SitePlan) -> Any:
-    """The join report of this client (see :func:`zk0cli.core.site.join_report`)."""
-    from zk0cli.core.site import dataset_shapes, join_report
+    """The join report of this client (see :func:`zk0cli.core.site.join_report`).
 
-    return join_report(plan.partition.client_id, plan.partition.name,
-                       dataset_shapes(plan.meta), plan.rename_map, instr.input_features,
-                       allow_missing_cameras=instr.allow_missing_cameras)
+    A deployed site also checks its frames (:func:`zk0cli.core.site.with_episode_checks`).
+    """
+    from zk0cli.core.site import dataset_shapes, join_report, with_episode_checks
+
+    report = join_report(plan.partition.client_id, plan.partition.name,
+                         dataset_shapes(plan.meta), plan.rename_map, instr.input_features,
+                         allow_missing_cameras=instr.allow_missing_cameras)
+    if plan.simulated:  # zk0 simulate checked every dataset's frames before it started
+        return report
+    return with_episode_checks(report, plan.meta, plan.partition.skipped,
+                               skip_bad=instr.skip_bad_episodes)
 
 
 def _state(instr: Any, context: Context) -> _ClientState:
@@ -162,7 +169,9 @@ def _state(instr: Any, context: Context) -> _ClientState:
         torch.set_num_threads(instr.client_cpus)
     model = instr.model.model_copy(update={"device": plan.device})
     bundle = build_policy(model, meta=plan.meta, rename_map=plan.rename_map,
-                          stats=D.dataset_stats(plan.meta, plan.rename_map), seed=instr.seed,
+                          stats=D.dataset_stats(plan.meta, plan.rename_map,
+                                                episodes=plan.partition.train_episodes),
+                          seed=instr.seed,
                           allow_missing_cameras=instr.allow_missing_cameras)
     dataset = D.open_dataset(plan.partition.ref, episodes=plan.partition.train_episodes,
                              chunk_size=bundle.policy.config.chunk_size,

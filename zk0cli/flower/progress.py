@@ -46,12 +46,13 @@ def write_progress(server_dir: Path, *, phase: str, server_round: int, sent: int
     path = progress_path(server_dir)
     data = {K.PROGRESS_PHASE: phase, K.PROGRESS_ROUND: server_round, K.PROGRESS_SENT: sent,
             K.PROGRESS_REPLIES: replies}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, path)
-    except OSError as err:
+    except OSError as err:  # e.g. a full disk: the run's next real write reports it
+        tmp.unlink(missing_ok=True)
         logger.debug("could not write %s: %s", path, err)
 
 

@@ -20,12 +20,13 @@ from flwr.serverapp import Grid, ServerApp
 from zk0cli import constants as K
 from zk0cli.core.config import RunConfig
 from zk0cli.core.contract import EVAL, REL_LATEST, ServerRoundRecord
+from zk0cli.core.diskfull import RunLogHandler, is_disk_full, run_writes
 from zk0cli.core.recorder import RunRecorder
 from zk0cli.core.resume import recorded_client_losses, resume_start  # noqa: F401  (re-export)
 from zk0cli.core.rounds import RoundPolicy, checkpoint_space_needed
 from zk0cli.core.rundir import RunDir
 from zk0cli.core.server_opt import client_mu, from_federation
-from zk0cli.errors import FederationError
+from zk0cli.errors import DiskFullError, FederationError
 from zk0cli.flower.common import run_config_of
 from zk0cli.flower.streaming import streaming_grid
 from zk0cli.log import logger
@@ -105,6 +106,8 @@ class RoundHook:
             write_checkpoint(self.rundir, server_round, save_policy=save,
                              metrics=metrics, write_card=card,
                              min_free_bytes=checkpoint_space_needed(previous))
+        except DiskFullError:  # run.json already says why (core.diskfull.run_writes)
+            raise
         except OSError as err:
             kept = previous.name if previous else "none"
             raise FederationError(
@@ -197,7 +200,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     if cfg.data.stats == "federated":  # merged statistics for clients, evaluation, checkpoints
         from zk0cli.flower.stats import query_stats
 
-        merged = query_stats(grid, cfg, instruction)
+        merged = query_stats(grid, cfg, instruction, rundir=rundir)
         if merged is not None:
             evaluator.use_stats(merged)
             instruction = instruction.model_copy(update={"stats": merged})
@@ -227,24 +230,25 @@ def main(grid: Grid, context: Context) -> None:
     quiet_libraries()
     cfg, run_dir = run_config_of(dict(context.run_config))
     rundir = RunDir(run_dir)
-    handler = logging.FileHandler(rundir.server_log)
+    handler = RunLogHandler(rundir.server_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("zk0", "flwr"):
         logging.getLogger(name).addHandler(handler)
     logging.getLogger("zk0").setLevel(cfg.logging.level)
-    recorder = RunRecorder(rundir, trackers=_trackers(cfg, rundir))
-    recorder.start(engine=rundir.run_record().engine or "deployment",
-                   command="flower", seed=cfg.seed, rounds=cfg.federation.rounds)
-    try:
-        run_server(grid, cfg, rundir, recorder)
-    except BaseException as err:
-        from zk0cli.core.diskfull import disk_full_error, is_disk_full, record_failure
-
-        if is_disk_full(err):  # no traceback for a full disk: zk0's message, run failed
-            record_failure(rundir, str(disk_full_error(rundir.root, err)))
-            logger.error("federation failed: %s", disk_full_error(rundir.root, err))
-            raise disk_full_error(rundir.root, err) from None
-        recorder.finish("failed", error=f"{type(err).__name__}: {err}")
-        logger.exception("federation failed")
+    try:  # every write of the federation: a full disk fails the run with zk0's message
+        with run_writes(rundir):
+            recorder = RunRecorder(rundir, trackers=_trackers(cfg, rundir))
+            recorder.start(engine=rundir.run_record().engine or "deployment",
+                           command="flower", seed=cfg.seed, rounds=cfg.federation.rounds)
+            try:
+                run_server(grid, cfg, rundir, recorder)
+            except BaseException as err:
+                if is_disk_full(err):  # run_writes records it
+                    raise
+                recorder.finish("failed", error=f"{type(err).__name__}: {err}")
+                logger.exception("federation failed")
+                raise
+            recorder.finish("completed")
+    except DiskFullError as err:  # no traceback for a full disk; run.json says why
+        logger.error("federation failed: %s", err)
         raise
-    recorder.finish("completed")

@@ -10,13 +10,16 @@ sums then ride in every round's train instruction
 their processors when they change (:func:`apply_stats`). The query carries the run's
 instruction too: a client reads nothing from the coordinator's disk.
 
-Clients that fail to answer are left out of the merge with a warning; when none
-answers, every client keeps its own statistics (the ``local`` behaviour).
+Clients that fail to answer are left out of the merge with a warning. A client whose
+statistics are not finite (NaN or infinite values in its data) is left out with a named
+failure — logged as an error and recorded in ``run.json`` ``stats_left_out`` — so that it
+cannot poison every site's normalisation. When none answers, every client keeps its own
+statistics (the ``local`` behaviour).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
@@ -24,8 +27,12 @@ from zk0cli import constants as K
 from zk0cli.core.config import RunConfig
 from zk0cli.log import logger
 
+if TYPE_CHECKING:
+    from zk0cli.core.rundir import RunDir
 
-def query_stats(grid: Any, cfg: RunConfig, instruction: Any) -> str | None:
+
+def query_stats(grid: Any, cfg: RunConfig, instruction: Any, *, rundir: RunDir | None = None
+                ) -> str | None:
     """Ask every connected client for its statistics and merge them (server side).
 
     Waits up to ``federation.node_wait_timeout_s`` (else ``round_timeout_s``) for all
@@ -36,6 +43,7 @@ def query_stats(grid: Any, cfg: RunConfig, instruction: Any) -> str | None:
         grid: The ServerApp's Flower ``Grid``.
         cfg: The run configuration.
         instruction: The run's :class:`~zk0cli.core.contract.instruction.RunInstruction`.
+        rundir: Where ``stats_left_out`` is recorded (``None``: only logged).
 
     Returns:
         The merged sufficient statistics as JSON, or ``None`` when no client answered.
@@ -53,6 +61,7 @@ def query_stats(grid: Any, cfg: RunConfig, instruction: Any) -> str | None:
                         message_type=f"{MessageType.QUERY}.{K.STATS_ACTION}")
                 for n in node_ids]
     parts = []
+    left_out: list[str] = []
     for reply in grid.send_and_receive(messages, timeout=fed.round_timeout_s):
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -70,10 +79,14 @@ def query_stats(grid: Any, cfg: RunConfig, instruction: Any) -> str | None:
             continue
         bad = non_finite_stats(part)
         if bad:  # one site's NaN would poison every site's normalisation
-            logger.warning("statistics: client %s left out of the merge: non-finite "
-                           "statistics for %s", info.get(K.CLIENT_ID, node), ", ".join(bad))
+            left_out.append(f"client {info.get(K.CLIENT_ID, node)}: non-finite statistics "
+                            f"for {', '.join(bad)} (NaN or infinite values in its data; "
+                            "see its join report or data.skip_bad_episodes)")
+            logger.error("statistics: left out of the merge: %s", left_out[-1])
             continue
         parts.append(part)
+    if left_out and rundir is not None:
+        rundir.update_run(stats_left_out=left_out)
     if not parts:
         logger.warning("statistics: no client answered; every client keeps its own "
                        "normalisation statistics")

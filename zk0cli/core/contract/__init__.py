@@ -185,6 +185,15 @@ class ResumeEntry(_Record):
         0, description="Round files moved to superseded/resume-<k>/ (rounds that re-run).")
 
 
+class SkippedEpisodes(_Record):
+    """Episodes of one dataset dropped by ``data.skip_bad_episodes`` (``skipped_episodes``)."""
+
+    dataset: str = Field(description="The dataset's name.")
+    episodes: list[int] = Field(description="Dropped `episode_index` values, sorted.")
+    problems: list[str] = Field(
+        default_factory=list, description="`episode N: what is wrong`, one per problem.")
+
+
 class ResumeFrom(_Record):
     """Where the current (resumed) ServerApp starts (``run.json``'s ``resume``)."""
 
@@ -228,7 +237,14 @@ class RunRecord(_Record):
     join_check: list[dict[str, Any]] = Field(
         default_factory=list, description="Deployment: one join report per site before round 1 "
         "(`client_id`, `dataset`, `ok`, `missing`, `extra`, `problems`, `rename_fix`, "
-        "`allow_missing_cameras`).")
+        "`allow_missing_cameras`, `bad_episodes`, `episode_problems`, `skipped_bad_episodes`).")
+    skipped_episodes: list[SkippedEpisodes] = Field(
+        default_factory=list, description="`data.skip_bad_episodes`: per dataset, the "
+        "episodes dropped before round 1 (timestamps off 1/fps or non-finite state/action); "
+        "in a deployment each site's are in its `join_check` report.")
+    stats_left_out: list[str] = Field(
+        default_factory=list, description="`data.stats = \"federated\"`: clients left out "
+        "of the merged statistics because theirs were not finite, one line per client.")
     client_failures: list[str] = Field(
         default_factory=list, description="Clients that failed in some rounds, below "
         "`federation.max_client_failure_rate`: one line per client with its share and reasons.")
@@ -431,6 +447,7 @@ DOCUMENTED_RECORDS: Final[tuple[tuple[str, type[BaseModel]], ...]] = (
     (RUN_JSON, RunRecord),
     (f"{RUN_JSON}: resumes[]", ResumeEntry),
     (f"{RUN_JSON}: resume", ResumeFrom),
+    (f"{RUN_JSON}: skipped_episodes[]", SkippedEpisodes),
     (f"{SERVER_DIR}/{server_eval_name(0).replace('0', '<N>', 1)}", ServerRoundRecord),
     (f"{SERVER_DIR}/...: server_eval", ServerEval),
     (f"{SERVER_DIR}/...: individual_client_training_metrics[]", ClientMetrics),

@@ -70,6 +70,8 @@ class RunInstruction(_Record):
             by its own.
         training: Local training settings; ``num_workers`` is replaced by the site's own.
         heldout_episodes: Episodes at the end of a site's dataset kept out of training.
+        skip_bad_episodes: ``data.skip_bad_episodes``: a site drops its episodes with bad
+            timestamps or non-finite values (else they refuse it at the join check).
         video_backend: Video decoder (``pyav`` or ``torchcodec``).
         stats_image_frames: Frames per camera sampled for the statistics query.
         transport_dtype: Wire dtype of the tensors a site sends back.
@@ -88,6 +90,7 @@ class RunInstruction(_Record):
     model: ModelConfig
     training: TrainingConfig
     heldout_episodes: int = Field(ge=0)
+    skip_bad_episodes: bool
     video_backend: Literal["pyav", "torchcodec"]
     stats_image_frames: int = Field(ge=0)
     transport_dtype: Literal["bfloat16", "float32"]
@@ -143,7 +146,8 @@ def run_instruction(cfg: RunConfig, *, input_features: Mapping[str, FeatureSpec]
     """
     return RunInstruction(
         schema_version=SCHEMA_VERSION, seed=cfg.seed, model=cfg.model, training=cfg.training,
-        heldout_episodes=cfg.data.heldout_episodes, video_backend=cfg.data.video_backend,
+        heldout_episodes=cfg.data.heldout_episodes,
+        skip_bad_episodes=cfg.data.skip_bad_episodes, video_backend=cfg.data.video_backend,
         stats_image_frames=cfg.data.stats_image_frames,
         transport_dtype=cfg.federation.transport_dtype,
         client_cpus=cfg.federation.client_cpus,
