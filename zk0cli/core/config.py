@@ -286,7 +286,9 @@ class EvalConfig(_Section):
     """Deterministic server-side evaluation."""
 
     frequency: int = Field(1, ge=1, description="Evaluate every N rounds (and at round 0).")
-    batches: int = Field(4, ge=1, description="Batches per evaluated dataset.")
+    batches: int = Field(4, ge=1, description="Batches per evaluated dataset; the "
+                         "batches x batch_size frames are evenly spaced over the whole "
+                         "dataset (every frame when it is shorter).")
     batch_size: int = Field(8, ge=1, description="Frames per evaluation batch.")
     seed: int = Field(1234, ge=0, description="Seed of the flow-matching noise and time.")
 
