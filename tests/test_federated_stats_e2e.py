@@ -18,16 +18,27 @@ def _normaliser_stats(bundle):
 
 
 def test_federated_stats_and_schedules_reach_clients_eval_and_checkpoint(tmp_path):
+    """Also an early stop: 3 rounds planned, patience 2 with a min_delta no round can beat,
+    so the run stops after round 2 (rounds 1 and 2 without a new best), completed."""
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [
-        "simulate", "--preset", "tiny", "--out", str(out), "--rounds", "2", "--clients", "2",
+        "simulate", "--preset", "tiny", "--out", str(out), "--rounds", "3", "--clients", "2",
         "--set", "schedule.lr=\"cosine\"", "--set", "schedule.lr_min=0.0002",
         "--set", "schedule.mu=\"step\"", "--set", "schedule.mu_step_rounds=[2]",
-        "--set", "schedule.mu_step_factor=0.5", "--set", "data.stats_image_frames=8"])
+        "--set", "schedule.mu_step_factor=0.5", "--set", "data.stats_image_frames=8",
+        "--set", "federation.early_stop.enabled=true", "--set", "federation.early_stop.patience=2",
+        "--set", "federation.early_stop.min_delta=100"])
     assert res.exit_code == 0, res.output
     rd = RunDir(out)
+    run = rd.run_record()
+    assert run.status == "completed" and run.rounds_completed == 2 and run.rounds_planned == 3
+    assert run.stop_reason is not None and "early stop at round 2" in run.stop_reason
+    assert run.best_round == 0 and run.best_checkpoint is None  # the initial model was best
+    assert "stopped early" in " ".join(res.output.split())
+    assert rd.server_eval_rounds() == [0, 1, 2] and rd.latest_checkpoint() == rd.checkpoint(2)
     r1, r2 = read_json(rd.server_eval(1)), read_json(rd.server_eval(2))
-    assert (r1["lr"], r2["lr"]) == pytest.approx((1e-3, 2e-4))
+    # cosine over the 3 planned rounds: 1e-3, then halfway to 2e-4
+    assert (r1["lr"], r2["lr"]) == pytest.approx((1e-3, 6e-4))
     assert (r1["proximal_mu"], r2["proximal_mu"]) == pytest.approx((0.01, 0.005))
     assert all(c["fedprox_loss"] > 0 for c in r2["individual_client_training_metrics"])
     assert "statistics: merged 2 of 2 clients" in (rd.root / "server.log").read_text()
