@@ -238,3 +238,10 @@ def test_real_divergence_is_still_an_error(tmp_path: Path) -> None:
     lax = _analyze(diverging, thresholds=AnalysisThresholds(divergence_min_rise=2.0))
     severities = sorted(f.severity for f in lax.findings if f.kind == "divergence")
     assert severities == ["error", "warning"]
+
+
+def test_early_stopped_run_names_its_stop_reason(tmp_path: Path) -> None:
+    rd = write_run(tmp_path, rounds=3)
+    rd.update_run(stop_reason="early stop at round 3: ...", best_round=1)
+    s = _analyze(rd.root)
+    assert s.status == "completed" and "(early stop at round 3: ...)" in s.status_note
