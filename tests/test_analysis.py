@@ -214,3 +214,34 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
 def test_clean_composite_is_strictly_falling() -> None:  # guards the fixture itself
     values = [clean_composite(n) for n in range(7)]
     assert all(b < a * 0.99 for a, b in zip(values, values[1:], strict=False))
+
+
+def test_small_early_rise_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    # Noisy but fine: three small rises (+4.5 % in all) in the first rounds, then learning.
+    noisy = write_run(tmp_path / "noisy",
+                      composite=_composite([1.0, 1.01, 1.03, 1.045, 0.95, 0.9, 0.85])).root
+    (f,) = [f for f in _analyze(noisy).findings if f.kind == "divergence"]
+    assert f.severity == "warning" and f.rounds == [0, 1, 2, 3]
+    assert "+4.5%" in f.evidence[0] and "divergence_min_rise" in f.message
+    assert not [f for f in _analyze(noisy).findings if f.severity == "error"]
+
+
+def test_real_divergence_is_still_an_error(tmp_path: Path) -> None:
+    # A run that blows up: rises of +10 %, +18 %, +23 % (+60 % from round 2), then 2.6x best.
+    diverging = write_run(tmp_path / "div",
+                          composite=_composite([1.0, 0.9, 0.8, 0.88, 1.04, 1.28, 2.1])).root
+    found = [f for f in _analyze(diverging).findings if f.kind == "divergence"]
+    assert {f.severity for f in found} == {"error"}
+    assert [f.rounds for f in found] == [[2, 3, 4, 5, 6], [6]]
+    assert "+162.5%" in found[0].evidence[0]
+    # The same rise counts as small once divergence_min_rise is above it.
+    lax = _analyze(diverging, thresholds=AnalysisThresholds(divergence_min_rise=2.0))
+    severities = sorted(f.severity for f in lax.findings if f.kind == "divergence")
+    assert severities == ["error", "warning"]
+
+
+def test_early_stopped_run_names_its_stop_reason(tmp_path: Path) -> None:
+    rd = write_run(tmp_path, rounds=3)
+    rd.update_run(stop_reason="early stop at round 3: ...", best_round=1)
+    s = _analyze(rd.root)
+    assert s.status == "completed" and "(early stop at round 3: ...)" in s.status_note

@@ -209,3 +209,15 @@ def test_no_intact_checkpoint_lists_each_problem(tmp_path):
         prepare_resume(rd, cfg)
     assert "checkpoint_round_1" in str(info.value)
     assert rd.server_eval_rounds() == [0, 1, 2]  # nothing moved
+
+
+def test_an_early_stopped_run_is_not_trained_further(tmp_path):
+    cfg, rd = _interrupted_run(tmp_path)
+    reason = "early stop at round 2: ... best 0.5000 at round 1"
+    rd.update_run(status="completed", stop_reason=reason, best_round=1,
+                  best_checkpoint="models/checkpoint_round_1")
+    with pytest.raises(UsageError, match="completed early") as info:
+        prepare_resume(rd, load_config(preset="tiny", flags={"federation.rounds": 9}))
+    assert reason in str(info.value) and "models/checkpoint_round_1" in str(info.value)
+    assert rd.server_eval_rounds() == [0, 1, 2, 3]  # nothing moved
+    assert read_json(rd.run_json)["status"] == "completed"

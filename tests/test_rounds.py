@@ -113,3 +113,85 @@ def test_server_hook_records_and_checkpoints_through_the_contract(tmp_path, monk
         read_json(rd.checkpoint(1) / C.METRICS_JSON))
     assert metrics.round == 1 and metrics.server_eval.composite == 0.5
     assert rd.run_record().rounds_completed == 2
+
+
+def test_early_stopper_counts_evaluated_rounds_without_a_new_best():
+    from zk0cli.core.rounds import EarlyStopper
+
+    s = EarlyStopper(patience=2, min_delta=0.01)
+    seen = [(0, 2.0), (1, 1.9), (2, None), (3, 1.895), (4, float("nan")), (5, 1.5)]
+    assert [s.observe(r, v) for r, v in seen[:5]] == [True, True, False, False, False]
+    # round 2 was not evaluated; 1.895 is within min_delta of 1.9, NaN is no best
+    assert (s.best_round, s.best_loss, s.stale, s.should_stop) == (1, 1.9, 2, True)
+    assert "round 4" in s.reason(4) and "best 1.9000 at round 1" in s.reason(4)
+    again = EarlyStopper.replay(2, 0.01, reversed(seen[:5]))  # resume: same state
+    assert (again.best_round, again.best_loss, again.stale) == (1, 1.9, 2)
+    assert EarlyStopper(patience=1).observe(0, float("inf")) is False
+
+
+def test_early_stop_is_validated():
+    from zk0cli.errors import ConfigError
+
+    cfg = load_config(preset="tiny", overrides=["federation.early_stop.enabled=true"])
+    assert cfg.federation.early_stop.patience == 3 and cfg.federation.early_stop.min_delta == 0
+    assert not load_config(preset="tiny").federation.early_stop.enabled  # off by default
+    with pytest.raises(ConfigError, match="patience"):
+        load_config(preset="tiny", overrides=["federation.early_stop.patience=0"])
+    with pytest.raises(ConfigError, match="min_delta"):
+        load_config(preset="tiny", overrides=["federation.early_stop.min_delta=-1"])
+    with pytest.raises(ConfigError, match="needs a server loss"):
+        load_config(preset="tiny", overrides=["federation.early_stop.enabled=true",
+                                              "data.eval=[]", "data.heldout_episodes=0"])
+
+
+def test_server_hook_stops_early_keeping_best_and_final_checkpoints(tmp_path, monkeypatch):
+    """Patience 2: best at round 2 (checkpointed off the interval), stop after round 4."""
+    import torch
+
+    from zk0cli.core import contract as C
+    from zk0cli.core import policy
+    from zk0cli.core.recorder import RunRecorder
+    from zk0cli.core.rundir import RunDir
+    from zk0cli.core.strategy import ClientReport, RoundOutcome
+    from zk0cli.core.transport import to_array_record
+    from zk0cli.flower.server_app import EarlyStop, RoundHook
+
+    cfg = load_config(preset="tiny", overrides=[
+        "federation.rounds=8", "checkpoint.interval=5", "federation.early_stop.enabled=true",
+        "federation.early_stop.patience=2", "federation.early_stop.min_delta=0.01"])
+    rd = RunDir.create(tmp_path, name="run")
+    rd.config_json.write_text(cfg.model_dump_json(), encoding="utf-8")
+    monkeypatch.setattr(policy, "save_bundle",
+                        lambda bundle, d: (d / C.WEIGHTS_FILE).write_bytes(b"w"))
+    losses = iter([2.0, 1.8, 1.5, 1.495, 1.6])
+
+    class Evaluator:
+        bundle = None
+
+        def set_global(self, state):
+            pass
+
+        def evaluate(self):
+            loss = next(losses)
+            return C.ServerEval(datasets={"lift": loss}, composite=loss)
+
+    class Strategy:
+        round_offset = 0
+        outcomes = {r: RoundOutcome(r, [ClientReport("0", 7, True, {"policy_loss": 0.4},
+                                                     weight=4)], True, None, 0.1, 1e-4)
+                    for r in range(1, 9)}
+
+    arrays = to_array_record({"w": torch.zeros(2)}, transport_dtype="float32")
+    hook = RoundHook(cfg, rd, Evaluator(), Strategy(), RunRecorder(rd))
+    for r in range(4):
+        assert hook(r, arrays) is not None
+    with pytest.raises(EarlyStop) as info:
+        hook(4, arrays)
+    assert info.value.server_round == 4
+    run = rd.run_record()
+    assert run.best_round == 2 and run.best_checkpoint == "models/checkpoint_round_2"
+    assert run.stop_reason is not None and "round 4" in run.stop_reason
+    assert "best 1.5000 at round 2" in run.stop_reason
+    # round 1 and 2 were new bests, round 4 the last: each checkpointed; 3 was not
+    assert rd.checkpoint_rounds() == [1, 2, 4] and rd.latest_checkpoint() == rd.checkpoint(4)
+    assert run.rounds_completed == 4

@@ -251,18 +251,30 @@ def test_simulate_with_trackers_federated_stats_and_schedules(tmp_path):
     """One federation checks three things end to end through `zk0 simulate`: TensorBoard
     (the tracking issue's command) and W&B offline in the ServerApp hold the round files'
     values; the lr and mu schedules reach the clients; the federated statistics are the
-    exact merge of the clients' sums and reach the checkpoint's processors."""
+    exact merge of the clients' sums and reach the checkpoint's processors. Also an early
+    stop: 3 rounds planned, patience 2 with a min_delta no round can beat, so the run stops
+    after round 2 (rounds 1 and 2 without a new best), completed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [
-        "simulate", "--preset", "tiny", "--rounds", "2", "--clients", "2",
+        "simulate", "--preset", "tiny", "--rounds", "3", "--clients", "2",
         "--set", "tracking.tensorboard=true", "--set", "tracking.wandb.mode=offline",
         "--set", "schedule.lr=\"cosine\"", "--set", "schedule.lr_min=0.0002",
         "--set", "schedule.mu=\"step\"", "--set", "schedule.mu_step_rounds=[2]",
         "--set", "schedule.mu_step_factor=0.5", "--set", "data.stats_image_frames=8",
-        "--out", str(out)])
+        "--set", "federation.early_stop.enabled=true", "--set", "federation.early_stop.patience=2",
+        "--set", "federation.early_stop.min_delta=100", "--out", str(out)])
     assert res.exit_code == 0, res.output
+
+    # Early stop: completed after round 2 of 3, the initial model was the best.
+    rd = RunDir(out)
+    run = rd.run_record()
+    assert run.status == "completed" and run.rounds_completed == 2 and run.rounds_planned == 3
+    assert run.stop_reason is not None and "early stop at round 2" in run.stop_reason
+    assert run.best_round == 0 and run.best_checkpoint is None
+    assert "stopped early" in " ".join(res.output.split())
+    assert rd.server_eval_rounds() == [0, 1, 2] and rd.latest_checkpoint() == rd.checkpoint(2)
 
     # Trackers: every scalar of every round file, at its round.
     printed = "".join(res.output.split())  # rich wraps long paths
@@ -284,9 +296,10 @@ def test_simulate_with_trackers_federated_stats_and_schedules(tmp_path):
     assert {f"client/{c}/loss" for c in ("0", "1")} <= set(expected)
     assert "clients/loss_avg" in expected and "round/lr" in expected
 
-    # Schedules: cosine lr from 1e-3 to 2e-4 over 2 rounds, mu halved at round 2.
+    # Schedules: cosine lr over the 3 planned rounds (1e-3, then halfway to 2e-4), mu
+    # halved at round 2.
     r1, r2 = read_json(rundir.server_eval(1)), read_json(rundir.server_eval(2))
-    assert (r1["lr"], r2["lr"]) == pytest.approx((1e-3, 2e-4))
+    assert (r1["lr"], r2["lr"]) == pytest.approx((1e-3, 6e-4))
     assert (r1["proximal_mu"], r2["proximal_mu"]) == pytest.approx((0.01, 0.005))
     assert all(c["fedprox_loss"] > 0 for c in r2["individual_client_training_metrics"])
     assert "statistics: merged 2 of 2 clients" in (rundir.root / "server.log").read_text()

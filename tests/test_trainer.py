@@ -121,6 +121,24 @@ def test_evaluation_is_deterministic(make_bundle, heldout_dataset):
     assert bundle.policy.training  # mode restored
 
 
+def test_evaluation_frames_are_spread_over_the_whole_dataset(make_bundle, heldout_dataset):
+    from torch.utils.data import Subset
+
+    from zk0cli.core.trainer import evaluate, evaluation_frames
+
+    assert evaluation_frames(100, 4) == [12, 37, 62, 87]  # centres of 4 slices of 25
+    assert evaluation_frames(3, 8) == [0, 1, 2]  # shorter than asked: every frame
+    idx = evaluation_frames(248, 32)
+    assert len(set(idx)) == 32 and idx == sorted(idx) and idx[0] < 8 and idx[-1] > 240
+    # evaluate() reads exactly those frames (not the first batches of the dataset)
+    bundle = make_bundle(seed=0)
+    frames = evaluation_frames(len(heldout_dataset), 8)
+    assert frames != list(range(8))
+    picked = Subset(heldout_dataset, frames)
+    spread = evaluate(bundle, heldout_dataset, batches=2, batch_size=4, seed=7)
+    assert spread == evaluate(bundle, picked, batches=2, batch_size=4, seed=7)
+
+
 def test_non_finite_weight_stops_at_step_zero(make_bundle, fixed_batch):
     from zk0cli.core.policy import trainable_parameter_names
     from zk0cli.core.trainer import train_round

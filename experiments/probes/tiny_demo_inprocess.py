@@ -35,11 +35,16 @@ evds = MemoryDataset(D.open_dataset(ev, episodes=None, chunk_size=TINY_CHUNK_SIZ
 stats = to_lerobot_stats(merge_sums(sums.values()))
 bundle = build_policy(ModelConfig(kind="tiny", device="cpu"), meta=meta, rename_map={}, stats=stats, seed=42)
 init = get_trainable_state(bundle.policy)
-def ev_(g):
+def even(ds, n):
+    return torch.utils.data.Subset(ds, [round(i * (len(ds) - 1) / (n - 1)) for i in range(n)])
+ev32 = even(evds, 32)
+def ev_(g):  # "narrow": the preset's 8 first frames; "wide": 32 evenly spaced frames
     set_trainable_state(bundle.policy, g, source="p")
     return (evaluate(bundle, evds, batches=2, batch_size=4, seed=1234),
-            evaluate(bundle, evds, batches=12, batch_size=8, seed=1234))
-def run(name, rounds=3, steps=5, lr=1e-3, min_lr=1e-4, warm=0, sched="cosine", server=None):
+            evaluate(bundle, ev32, batches=4, batch_size=8, seed=1234))
+def run(name, rounds=3, steps=5, lr=1e-3, min_lr=1e-4, warm=0, sched="cosine", server=None, slr=1.0, mom=0.0, mu=0.01):
+    from zk0cli.core.server_opt import ServerOptimizer
+    so = ServerOptimizer(server, lr=slr, momentum=mom) if server else None
     trn = TrainingConfig(steps_per_round=steps, batch_size=4, lr=lr, min_lr=min_lr, warmup_steps=warm, scheduler=sched)
     loaders = {t: make_loader(tr[t], batch_size=4, shuffle=True, seed=42 + i) for i, t in enumerate(tasks)}
     g = dict(init); out = [ev_(g)]; cl = []
@@ -47,13 +52,13 @@ def run(name, rounds=3, steps=5, lr=1e-3, min_lr=1e-4, warm=0, sched="cosine", s
         acc = WeightedMean(); ls = []
         for i, t in enumerate(tasks):
             set_trainable_state(bundle.policy, g, source="p")
-            res = train_round(bundle, loaders[t], steps=steps, lr=lr, mu=0.01, training=trn, dataset_name=t, seed=42 + 7919 * r + i)
+            res = train_round(bundle, loaders[t], steps=steps, lr=lr, mu=mu, training=trn, dataset_name=t, seed=42 + 7919 * r + i)
             acc.add(res.tensors, float(res.metrics["num_examples"])); ls.append(float(res.metrics["policy_loss"]))
         m = acc.result()
-        if server: m = server(g, m)
+        if so: m = so.step(g, m)
         g = m; out.append(ev_(g)); cl.append(sum(ls) / len(ls))
     print(f"{name:28s} narrow " + " ".join(f"{a:.3f}" for a, _ in out) + " | wide " + " ".join(f"{b:.3f}" for _, b in out) + " | train " + " ".join(f"{c:.3f}" for c in cl), flush=True)
 import sys
 
-for spec in sys.argv[1:]:
+for spec in sys.argv[1:]:  # e.g. 'steps=10' "server='fedavgm',mom=0.5"
     kw = eval(f"dict({spec})"); t0 = time.time(); run(spec, **kw); print("  ", round(time.time() - t0), "s", flush=True)

@@ -190,11 +190,18 @@ def detect_divergence(run: RunData, th: AnalysisThresholds) -> list[Finding]:
             continue
         if i - 1 - run_start >= th.divergence_rises:
             stretch = series[run_start:i]
+            first, last = stretch[0][1], stretch[-1][1]
+            rise = (last - first) / abs(first) if first else math.inf
+            big = rise >= th.divergence_min_rise
             out.append(Finding(
-                kind="divergence", severity="error", rounds=[r for r, _ in stretch],
-                evidence=[" -> ".join(f"r{r}: {_fmt(v)}" for r, v in stretch)],
+                kind="divergence", severity="error" if big else "warning",
+                rounds=[r for r, _ in stretch],
+                evidence=[" -> ".join(f"r{r}: {_fmt(v)}" for r, v in stretch)
+                          + f" (+{rise:.1%})"],
                 message=f"server loss rose {i - 1 - run_start} evaluations in a row "
-                f"(rounds {stretch[0][0]}-{stretch[-1][0]})"))
+                f"(rounds {stretch[0][0]}-{stretch[-1][0]}), by {rise:.1%}"
+                + ("" if big else f", less than divergence_min_rise = "
+                   f"{th.divergence_min_rise:.0%}: noise or a slow drift so far")))
         run_start = i
     far, best = [], math.inf
     for r, v in series:

@@ -77,7 +77,8 @@ def _status_note(run: RunData, rounds_completed: int, planned: int | None) -> st
     of = f" of {planned}" if planned else ""
     return {
         "running": f"still running: {rounds_completed}{of} rounds so far; numbers are partial",
-        "completed": f"completed {rounds_completed}{of} rounds",
+        "completed": f"completed {rounds_completed}{of} rounds" + (
+            f" ({run.run_info[RUN.stop_reason]})" if run.run_info.get(RUN.stop_reason) else ""),
         "failed": f"failed after {rounds_completed}{of} rounds: {run.run_info.get('error')}",
         "interrupted": f"interrupted after {rounds_completed}{of} rounds",
     }.get(run.status, f"status unknown ({f'no {RUN_JSON}' if run.format == 'upstream' else f'{RUN_JSON} has no valid status'}); {rounds_completed} rounds found")  # noqa: E501

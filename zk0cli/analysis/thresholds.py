@@ -18,6 +18,11 @@ class AnalysisThresholds(BaseModel):
         3, ge=1, description="Divergence: server composite loss rises this many consecutive "
         "evaluations."
     )
+    divergence_min_rise: float = Field(
+        0.10, ge=0.0, description="Divergence: a rising stretch is an error only when its "
+        "last loss is at least this fraction above its first (smaller steady rises are "
+        "reported as a warning: early-round noise of a small eval set looks like that)."
+    )
     divergence_ratio: float = Field(
         2.0, gt=1.0, description="Divergence: server composite loss above this multiple of "
         "the best loss so far."

@@ -155,7 +155,11 @@ def show_outcome(outcome: RunOutcome, *, t0: float) -> RunDir:
     rundir = outcome.rundir
     console.print(summary_table(rundir))
     console.print(f"status: {outcome.status} in {time.monotonic() - t0:.0f} s — {rundir.root}")
-    for line in rundir.run_record().client_failures:  # below max_client_failure_rate
+    record = rundir.run_record()
+    if record.stop_reason:  # federation.early_stop ended it before rounds_planned
+        console.print(Text.assemble(("stopped early: ", "cyan"), record.stop_reason,
+                                    f"; best checkpoint {record.best_checkpoint or 'none'}"))
+    for line in record.client_failures:  # below max_client_failure_rate
         console.print(Text.assemble(("client failures: ", "yellow"), line))
     _print_tracking(rundir.read_run())
     if not outcome.completed:

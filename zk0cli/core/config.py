@@ -241,6 +241,20 @@ class ScheduleConfig(_Section):
         return self
 
 
+class EarlyStopConfig(_Section):
+    """Stop the federation when the server's composite held-out loss stops improving."""
+
+    enabled: bool = Field(False, description="Stop early (off by default).")
+    patience: int = Field(
+        3, ge=1, le=100_000, description="Evaluated rounds in a row without an improvement "
+        "of at least min_delta before the run stops."
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="Improvement of the composite server loss (absolute, in loss "
+        "units) that counts as a new best."
+    )
+
+
 class FederationConfig(_Section):
     """Rounds, clients and the FedProx strategy."""
 
@@ -292,6 +306,7 @@ class FederationConfig(_Section):
         "bfloat16 and carried losslessly as int16 arrays (half the bytes; the global model "
         "is rounded to bfloat16 every round, aggregation stays in float64); `float32`: exact.",
     )
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     client_cpus: int = Field(1, ge=1, description="CPUs reserved per simulated client.")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved per simulated client.")
     max_parallel_clients: int | None = Field(
@@ -312,7 +327,9 @@ class EvalConfig(_Section):
     """Deterministic server-side evaluation."""
 
     frequency: int = Field(1, ge=1, description="Evaluate every N rounds (and at round 0).")
-    batches: int = Field(4, ge=1, description="Batches per evaluated dataset.")
+    batches: int = Field(4, ge=1, description="Batches per evaluated dataset; the "
+                         "batches x batch_size frames are evenly spaced over the whole "
+                         "dataset (every frame when it is shorter).")
     batch_size: int = Field(8, ge=1, description="Frames per evaluation batch.")
     seed: int = Field(1234, ge=0, description="Seed of the flow-matching noise and time.")
 
@@ -431,6 +448,13 @@ class RunConfig(_Section):
             raise ValueError(
                 "schedule.mu = 'adaptive' multiplies mu, so it cannot start at 0: set "
                 "federation.proximal_mu > 0 or schedule.mu_min > 0"
+            )
+        if self.federation.early_stop.enabled and not self.data.eval \
+                and self.data.heldout_episodes == 0:
+            raise ValueError(
+                "federation.early_stop needs a server loss to watch: add data.eval datasets "
+                "or set data.heldout_episodes >= 1 (or set federation.early_stop.enabled = "
+                "false)"
             )
         if self.model.kind == "tiny" and self.model.dtype != "float32":
             raise ValueError("model.dtype must be 'float32' for the tiny model")
@@ -661,6 +685,7 @@ def render_config_reference() -> str:
         ("(top level)", RunConfig), ("model", ModelConfig), ("data", DataConfig),
         ("data.clients[] / data.eval[]", DatasetSpec), ("data.sim", SimConfig),
         ("training", TrainingConfig), ("federation", FederationConfig),
+        ("federation.early_stop", EarlyStopConfig),
         ("schedule", ScheduleConfig), ("eval", EvalConfig),
         ("checkpoint", CheckpointConfig), ("logging", LoggingConfig),
         ("tracking", TrackingConfig), ("tracking.wandb", WandbConfig),

@@ -54,10 +54,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "heldout_episodes": 1,
             "sim": {"episodes": 4, "height": 96, "width": 128},
         },
-        "training": {"steps_per_round": 5, "batch_size": 4, "lr": 1e-3, "min_lr": 1e-4},
+        "training": {"steps_per_round": 10, "batch_size": 4, "lr": 1e-3, "min_lr": 1e-4},
         "federation": {"rounds": 3, "min_clients": 2, "proximal_mu": 0.01,
                        "round_timeout_s": 600},
-        "eval": {"frequency": 1, "batches": 2, "batch_size": 4},
+        "eval": {"frequency": 1, "batches": 4, "batch_size": 8},
         "checkpoint": {"interval": 1},
     },
 }

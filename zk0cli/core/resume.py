@@ -194,6 +194,14 @@ def prepare_resume(rundir: RunDir, config: RunConfig) -> ResumePoint:
             "logging settings may change), or start a new run."
         )
     _check_strategy(old, config, point)
+    run = rundir.run_record()
+    if run.status == "completed" and run.stop_reason:
+        raise UsageError(
+            f"Cannot resume {rundir.root}: it completed early ({run.stop_reason}). Its final "
+            f"checkpoint is {rundir.latest_checkpoint() or 'missing'} and its best "
+            f"{run.best_checkpoint or 'is the initial model'}; start a new run to train "
+            "further (e.g. `zk0 simulate --config ...` with federation.early_stop changed)."
+        )
     if config.federation.rounds <= point.server_round:
         raise UsageError(
             f"Cannot resume {rundir.root}: its checkpoint is at round {point.server_round} and "
@@ -318,6 +326,14 @@ def recorded_client_losses(rundir: RunDir, *, up_to: int) -> dict[int, list[floa
             out[r] = [float(v) for c in clients
                       if isinstance(v := getattr(c, K.POLICY_LOSS), int | float)]
     return out
+
+
+def recorded_composites(rundir: RunDir, *, up_to: int) -> list[tuple[int, float | None]]:
+    """``(round, composite server loss)`` from the round files 0..``up_to`` (early stop)."""
+    from zk0cli.core.rundir import read_server_round
+
+    return [(r, read_server_round(rundir, r).server_composite_eval_loss)
+            for r in range(up_to + 1) if rundir.server_eval(r).is_file()]
 
 
 def load_global_tensors(checkpoint: Path, names: list[str]) -> dict[str, Any]:

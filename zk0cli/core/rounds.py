@@ -8,11 +8,16 @@ The ServerApp's ``evaluate_fn`` (:class:`zk0cli.flower.server_app.RoundHook`) as
   round aggregated since the previous checkpoint;
 - fail the run after ``federation.max_failed_rounds`` consecutive rounds without an
   aggregated update, or when the last round is reached and no round ever aggregated;
-- before a checkpoint, require as many free bytes as the previous checkpoint takes.
+- before a checkpoint, require as many free bytes as the previous checkpoint takes;
+- with ``federation.early_stop``, stop after ``patience`` evaluated rounds without a new
+  best composite server loss (:class:`EarlyStopper`), checkpointing each new best and
+  the round it stops at.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,3 +157,59 @@ def checkpoint_space_needed(previous: Path | None) -> int:
     if previous is None:
         return 0
     return sum(p.stat().st_size for p in previous.rglob("*") if p.is_file())
+
+
+@dataclass
+class EarlyStopper:
+    """Patience on the composite server loss (``federation.early_stop``).
+
+    Every evaluated round (round 0, the initial model, included) is observed in round
+    order. A loss counts as a new best when it is finite and below the best so far by more
+    than ``min_delta``; after ``patience`` evaluated rounds in a row without one, the run
+    stops. Rounds without a composite loss (nothing evaluated) are not counted.
+
+    Attributes:
+        patience: Evaluated rounds without improvement before stopping (>= 1).
+        min_delta: Improvement (absolute, loss units) that counts as a new best (>= 0).
+        best_round: Round of the best loss so far (``None`` before any evaluation).
+        best_loss: The best loss so far (``inf`` before any).
+        stale: Evaluated rounds since the best one.
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    best_round: int | None = None
+    best_loss: float = math.inf
+    stale: int = 0
+
+    @classmethod
+    def replay(cls, patience: int, min_delta: float,
+               history: Iterable[tuple[int, float | None]]) -> EarlyStopper:
+        """A stopper that has observed ``history`` (round, composite loss), e.g. on resume."""
+        stopper = cls(patience, min_delta)
+        for server_round, loss in sorted(history, key=lambda rl: rl[0]):
+            stopper.observe(server_round, loss)
+        return stopper
+
+    def observe(self, server_round: int, loss: float | None) -> bool:
+        """Take round ``server_round``'s composite loss; return whether it is a new best."""
+        if loss is None:
+            return False
+        if math.isfinite(loss) and (self.best_round is None
+                                    or loss < self.best_loss - self.min_delta):
+            self.best_round, self.best_loss, self.stale = server_round, float(loss), 0
+            return True
+        self.stale += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether ``patience`` evaluated rounds passed without a new best."""
+        return self.stale >= self.patience
+
+    def reason(self, server_round: int) -> str:
+        """Why the run stopped at ``server_round``, in words (for run.json)."""
+        return (f"early stop at round {server_round}: the composite server loss did not "
+                f"improve by more than federation.early_stop.min_delta = {self.min_delta:g} "
+                f"for {self.stale} evaluated round(s) (patience {self.patience}); best "
+                f"{self.best_loss:.4f} at round {self.best_round}")

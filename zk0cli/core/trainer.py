@@ -234,18 +234,21 @@ def train_round(
 def evaluate(
     bundle: PolicyBundle, dataset: Any, *, batches: int, batch_size: int, seed: int
 ) -> float:
-    """Mean policy loss over the first ``batches`` batches, deterministically.
+    """Mean policy loss over ``batches`` x ``batch_size`` frames spread over the dataset.
 
-    Batches are read in dataset order (no shuffle). For batch ``i`` the flow-matching
-    noise and time come from the global RNG seeded with ``seed + i`` inside
-    ``torch.random.fork_rng`` (the caller's RNG state is untouched), so the same weights
-    and data give the same number every time.
+    The frames are :func:`evaluation_frames`: evenly spaced over the whole dataset (every
+    episode, start to end), not its first frames — consecutive frames at the start of
+    one episode are nearly the same observation and say little about the rest. They are
+    batched in dataset order (no shuffle). For batch ``i`` the flow-matching noise and
+    time come from the global RNG seeded with ``seed + i`` inside ``torch.random.fork_rng``
+    (the caller's RNG state is untouched), so the same weights and data give the same
+    number every time.
 
     Args:
         bundle: Policy and processors; the policy is put in eval mode, then its previous
             mode is restored.
         dataset: A map-style dataset (e.g. :func:`zk0cli.core.data.open_dataset`).
-        batches: Number of batches (fewer if the dataset is shorter).
+        batches: Number of batches (fewer if the dataset is shorter: then every frame).
         batch_size: Frames per batch.
         seed: Base seed of the noise and time.
 
@@ -256,12 +259,14 @@ def evaluate(
         ValueError: The dataset yields no batch.
     """
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     policy = bundle.policy
     was_training = policy.training
     policy.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    frames_idx = evaluation_frames(len(dataset), batches * batch_size)
+    loader = DataLoader(Subset(dataset, frames_idx), batch_size=batch_size, shuffle=False,
+                        num_workers=0)
     devices = [bundle.device.index or 0] if bundle.device.type == "cuda" else []
     total, frames = 0.0, 0
     try:
@@ -283,3 +288,22 @@ def evaluate(
     if frames == 0:
         raise ValueError("evaluation dataset yielded no batches")
     return total / frames
+
+
+def evaluation_frames(num_frames: int, count: int) -> list[int]:
+    """Indices of ``count`` frames evenly spaced over ``num_frames`` (all when fewer).
+
+    Frame ``i`` is the centre of the ``i``-th of ``count`` equal slices of the dataset:
+    ``(2 i + 1) num_frames // (2 count)``, strictly increasing, so every episode of a
+    multi-episode dataset is sampled in proportion to its length.
+
+    Args:
+        num_frames: Frames in the dataset (>= 0).
+        count: Frames wanted (>= 1).
+
+    Returns:
+        ``min(count, num_frames)`` distinct indices in ``[0, num_frames)``, ascending.
+    """
+    if count >= num_frames:
+        return list(range(num_frames))
+    return [(2 * i + 1) * num_frames // (2 * count) for i in range(count)]

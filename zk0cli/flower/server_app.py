@@ -23,7 +23,7 @@ from zk0cli.core.contract import EVAL, REL_LATEST, ServerRoundRecord
 from zk0cli.core.diskfull import RunLogHandler, is_disk_full, run_writes
 from zk0cli.core.recorder import RunRecorder
 from zk0cli.core.resume import recorded_client_losses, resume_start  # noqa: F401  (re-export)
-from zk0cli.core.rounds import RoundPolicy, checkpoint_space_needed
+from zk0cli.core.rounds import EarlyStopper, RoundPolicy, checkpoint_space_needed
 from zk0cli.core.rundir import RunDir
 from zk0cli.core.server_opt import client_mu, from_federation
 from zk0cli.errors import DiskFullError, FederationError
@@ -36,10 +36,24 @@ app = ServerApp()
 COMPOSITE_METRIC = EVAL.composite
 
 
+class EarlyStop(Exception):  # noqa: N818  (control flow, not an error)
+    """Raised by :class:`RoundHook` to end Flower's round loop (1.42 has no ``should_stop``).
+
+    Attributes:
+        server_round: The run's round after which the federation stops.
+    """
+
+    def __init__(self, server_round: int) -> None:
+        super().__init__(f"early stop after round {server_round}")
+        self.server_round = server_round
+
+
 class RoundHook:
     """Flower's ``evaluate_fn``: a thin adapter over :class:`~zk0cli.core.rounds.RoundPolicy`.
 
-    Evaluates, records and checkpoints each round as the policy decides.
+    Evaluates, records and checkpoints each round as the policy decides; with
+    ``federation.early_stop`` it also checkpoints each new best round, records the best
+    round in run.json and raises :class:`EarlyStop` once the patience is spent.
     """
 
     def __init__(self, cfg: RunConfig, rundir: RunDir, evaluator: Any, strategy: Any,
@@ -47,7 +61,16 @@ class RoundHook:
         self.cfg, self.rundir, self.evaluator = cfg, rundir, evaluator
         self.strategy, self.recorder = strategy, recorder
         self.t_last = time.monotonic()
-        self.policy = RoundPolicy(cfg, round_offset=int(getattr(strategy, "round_offset", 0)))
+        offset = int(getattr(strategy, "round_offset", 0))
+        self.policy = RoundPolicy(cfg, round_offset=offset)
+        es = cfg.federation.early_stop
+        self.stopper = None
+        if es.enabled:  # a resumed run replays the rounds it recorded before
+            from zk0cli.core.resume import recorded_composites
+
+            self.stopper = EarlyStopper.replay(
+                es.patience, es.min_delta,
+                recorded_composites(rundir, up_to=offset) if offset else [])
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Evaluate, record and checkpoint round ``server_round`` (0 = initial model)."""
@@ -73,10 +96,24 @@ class RoundHook:
         record = self.recorder.record_round(run_round, outcome=outcome,
                                             server_eval=server_eval, seconds=now - self.t_last)
         self.t_last = now
-        if policy.should_checkpoint(run_round):
-            self._checkpoint(run_round, record)
-        policy.check_failures(run_round, outcome)
         comp = record.server_composite_eval_loss
+        stopper = self.stopper
+        improved = stopper is not None and server_eval is not None and \
+            stopper.observe(run_round, comp)
+        stop = stopper is not None and stopper.should_stop and not policy.is_last(run_round)
+        if policy.should_checkpoint(run_round) or (
+                (improved or stop) and run_round > 0 and policy.changed_since_checkpoint):
+            self._checkpoint(run_round, record)
+        if improved:
+            ckpt = self.rundir.checkpoint(run_round)
+            self.rundir.update_run(best_round=run_round, best_checkpoint=(
+                str(ckpt.relative_to(self.rundir.root)) if ckpt.is_dir() else None))
+        policy.check_failures(run_round, outcome)
+        if stop and stopper is not None:
+            reason = stopper.reason(run_round)
+            logger.info("%s", reason)
+            self.rundir.update_run(stop_reason=reason)
+            raise EarlyStop(run_round)
         return MetricRecord({COMPOSITE_METRIC: comp}) if comp is not None else None
 
     def _checkpoint(self, server_round: int, record: ServerRoundRecord | Mapping[str, Any]
@@ -208,9 +245,12 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
     write_progress(rundir.server_dir, phase="round 0 evaluation" if not start.offset else
                    f"resuming after round {start.offset}", server_round=start.offset)
-    strategy.start(grid=grid, initial_arrays=initial_arrays,
-                   num_rounds=fed.rounds - start.offset, timeout=fed.round_timeout_s,
-                   train_config=train_config, evaluate_fn=hook)
+    try:
+        strategy.start(grid=grid, initial_arrays=initial_arrays,
+                       num_rounds=fed.rounds - start.offset, timeout=fed.round_timeout_s,
+                       train_config=train_config, evaluate_fn=hook)
+    except EarlyStop as stop:  # recorded by the hook; the run completed
+        logger.info("federation stopped early after round %s", stop.server_round)
 
 
 def _trackers(cfg: RunConfig, rundir: RunDir) -> list[Any]:

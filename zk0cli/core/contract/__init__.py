@@ -245,6 +245,15 @@ class RunRecord(_Record):
     stats_left_out: list[str] = Field(
         default_factory=list, description="`data.stats = \"federated\"`: clients left out "
         "of the merged statistics because theirs were not finite, one line per client.")
+    stop_reason: str | None = Field(
+        None, description="Why a completed run ended before `rounds_planned` "
+        "(`federation.early_stop`); `None` when it ran every round.")
+    best_round: int | None = Field(
+        None, description="With `federation.early_stop`: the round of the best composite "
+        "server loss (0 = the initial model).")
+    best_checkpoint: str | None = Field(
+        None, description="With `federation.early_stop`: the checkpoint of `best_round` "
+        "(`models/checkpoint_round_<N>`), kept next to the final one; `None` for round 0.")
     client_failures: list[str] = Field(
         default_factory=list, description="Clients that failed in some rounds, below "
         "`federation.max_client_failure_rate`: one line per client with its share and reasons.")
