@@ -139,6 +139,33 @@ def test_evaluation_frames_are_spread_over_the_whole_dataset(make_bundle, heldou
     assert spread == evaluate(bundle, picked, batches=2, batch_size=4, seed=7)
 
 
+def test_decoded_evaluation_frames_score_bitwise_as_the_dataset(make_bundle, heldout_dataset):
+    """The server decodes its evaluation frames once: every later round scores them to the
+    same bits as reading the dataset again, with the cameras kept as exact uint8."""
+    from zk0cli.core.trainer import EvalFrames, evaluate
+
+    bundle = make_bundle(seed=0)
+    frames = EvalFrames.read(heldout_dataset, batches=2, batch_size=4)
+    cams = {k for k in frames.raw[0] if k.startswith("observation.images.")}
+    assert cams and frames.packed == cams
+    assert all(frames.raw[0][k].dtype == torch.uint8 for k in cams)
+    fresh = evaluate(bundle, heldout_dataset, batches=2, batch_size=4, seed=7)
+    for _ in range(2):  # reused: processors never see (or change) the kept copies
+        assert evaluate(bundle, None, batches=2, batch_size=4, seed=7, frames=frames) == fresh
+    first = next(iter(heldout_dataset_loader(heldout_dataset)))
+    unpacked = next(frames.batches())
+    for k in cams:  # the float32 images LeRobot gave, exactly
+        assert torch.equal(unpacked[k], first[k])
+
+
+def heldout_dataset_loader(dataset):
+    from torch.utils.data import DataLoader, Subset
+
+    from zk0cli.core.trainer import evaluation_frames
+
+    return DataLoader(Subset(dataset, evaluation_frames(len(dataset), 8)), batch_size=4)
+
+
 def test_non_finite_weight_stops_at_step_zero(make_bundle, fixed_batch):
     from zk0cli.core.policy import trainable_parameter_names
     from zk0cli.core.trainer import train_round

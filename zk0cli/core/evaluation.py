@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from zk0cli.core.policy import PolicyBundle
+    from zk0cli.core.trainer import EvalFrames
 
 HELDOUT_PREFIX = "heldout/"
 
@@ -40,12 +41,14 @@ class EvalSet:
         bundle: The policy bundle whose preprocessor carries this dataset's statistics
             (shares the policy module with the server bundle).
         composite: Whether it counts in the composite loss.
+        frames: Its evaluation frames once decoded (first evaluation), reused every round.
     """
 
     name: str
     dataset: Any
     bundle: PolicyBundle
     composite: bool
+    frames: EvalFrames | None = None
 
 
 def eval_name(spec_name: str, seed: int | None = None) -> str:
@@ -160,12 +163,16 @@ class ServerEvaluator:
         Returns:
             The loss per eval set (``datasets``) and the mean over the composite sets.
         """
-        from zk0cli.core.trainer import evaluate
+        from zk0cli.core.trainer import EvalFrames, evaluate
 
         ec = self.config.eval
-        losses = {s.name: evaluate(s.bundle, s.dataset, batches=ec.batches,
-                                   batch_size=ec.batch_size, seed=ec.seed)
-                  for s in self.sets}
+        losses = {}
+        for s in self.sets:
+            if s.frames is None:  # decoded once: every round scores the same frames
+                s.frames = EvalFrames.read(s.dataset, batches=ec.batches,
+                                           batch_size=ec.batch_size)
+            losses[s.name] = evaluate(s.bundle, s.dataset, batches=ec.batches,
+                                      batch_size=ec.batch_size, seed=ec.seed, frames=s.frames)
         comp = [losses[s.name] for s in self.sets if s.composite]
         return ServerEval(datasets=losses, composite=statistics.fmean(comp) if comp else None)
 

@@ -232,7 +232,8 @@ def train_round(
 
 
 def evaluate(
-    bundle: PolicyBundle, dataset: Any, *, batches: int, batch_size: int, seed: int
+    bundle: PolicyBundle, dataset: Any, *, batches: int, batch_size: int, seed: int,
+    frames: EvalFrames | None = None,
 ) -> float:
     """Mean policy loss over ``batches`` x ``batch_size`` frames spread over the dataset.
 
@@ -247,10 +248,13 @@ def evaluate(
     Args:
         bundle: Policy and processors; the policy is put in eval mode, then its previous
             mode is restored.
-        dataset: A map-style dataset (e.g. :func:`zk0cli.core.data.open_dataset`).
+        dataset: A map-style dataset (e.g. :func:`zk0cli.core.data.open_dataset`); not
+            read when ``frames`` is given.
         batches: Number of batches (fewer if the dataset is shorter: then every frame).
         batch_size: Frames per batch.
         seed: Base seed of the noise and time.
+        frames: The same frames already decoded (:class:`EvalFrames`, e.g. kept by the
+            server between rounds); the loss is bitwise the one read from ``dataset``.
 
     Returns:
         The frame-weighted mean flow-matching loss (MSE in normalised action units).
@@ -259,22 +263,17 @@ def evaluate(
         ValueError: The dataset yields no batch.
     """
     import torch
-    from torch.utils.data import DataLoader, Subset
 
     policy = bundle.policy
     was_training = policy.training
     policy.eval()
-    frames_idx = evaluation_frames(len(dataset), batches * batch_size)
-    loader = DataLoader(Subset(dataset, frames_idx), batch_size=batch_size, shuffle=False,
-                        num_workers=0)
+    if frames is None:
+        frames = EvalFrames.read(dataset, batches=batches, batch_size=batch_size)
     devices = [bundle.device.index or 0] if bundle.device.type == "cuda" else []
-    total, frames = 0.0, 0
+    total, count = 0.0, 0
     try:
-        # fork_rng around the loop too: iterating a DataLoader draws a seed from the RNG.
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            for i, raw in enumerate(loader):
-                if i >= batches:
-                    break
+            for i, raw in enumerate(frames.batches()):
                 n = _batch_size(raw)
                 batch = bundle.preprocessor(raw)
                 with torch.random.fork_rng(devices=devices):
@@ -282,12 +281,87 @@ def evaluate(
                     with autocast_for(bundle):
                         loss, _ = policy.forward(batch)
                 total += float(loss) * n
-                frames += n
+                count += n
     finally:
         policy.train(was_training)
-    if frames == 0:
+    if count == 0:
         raise ValueError("evaluation dataset yielded no batches")
-    return total / frames
+    return total / count
+
+
+class EvalFrames:
+    """The decoded evaluation batches of one dataset, kept to score every round on.
+
+    Video decoding of frames spread over a dataset costs a seek per frame, paid once
+    here instead of once per round. Camera images (``(B, C, H, W)`` float32 in ``[0, 1]``
+    decoded from
+    8-bit video, as LeRobot returns them) are kept as ``uint8`` and turned back into the
+    identical float32 values (``u / 255``) on use, a quarter of the memory; a camera
+    whose values are not exactly ``u / 255`` is kept as it is. Each use gets fresh copies,
+    so processors may change them freely.
+
+    Attributes:
+        raw: The raw batches as collated by the DataLoader, images possibly as uint8.
+        packed: Keys of ``raw`` whose tensors are uint8 images to unpack.
+    """
+
+    def __init__(self, raw: list[dict[str, Any]], packed: set[str]) -> None:
+        self.raw = raw
+        self.packed = packed
+
+    @classmethod
+    def read(cls, dataset: Any, *, batches: int, batch_size: int) -> EvalFrames:
+        """Decode the :func:`evaluation_frames` of ``dataset`` as ``batches`` batches.
+
+        Args:
+            dataset: A map-style dataset (e.g. :func:`zk0cli.core.data.open_dataset`).
+            batches: Number of batches (fewer if the dataset is shorter).
+            batch_size: Frames per batch.
+        """
+        import torch
+        from torch.utils.data import DataLoader, Subset
+
+        idx = evaluation_frames(len(dataset), batches * batch_size)
+        loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False,
+                            num_workers=0)
+        raw: list[dict[str, Any]] = []
+        packed: set[str] = set()
+        with torch.random.fork_rng():  # iterating a DataLoader draws a seed from the RNG
+            for i, batch in enumerate(loader):
+                if i >= batches:
+                    break
+                raw.append(dict(batch))
+        images = {k for b in raw for k, v in b.items()
+                  if isinstance(v, torch.Tensor) and v.dim() == 4}  # (B, C, H, W) cameras
+        for key in sorted(images):
+            as_u8 = [_as_uint8(b[key]) for b in raw]
+            if all(u is not None for u in as_u8):
+                for b, u in zip(raw, as_u8, strict=True):
+                    b[key] = u
+                packed.add(key)
+        return cls(raw, packed)
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Fresh copies of the raw batches, images back in float32."""
+        import torch
+
+        for b in self.raw:
+            yield {k: (v.float().div_(255) if k in self.packed else v.clone())
+                   if isinstance(v, torch.Tensor) else (list(v) if isinstance(v, list) else v)
+                   for k, v in b.items()}
+
+
+def _as_uint8(x: Any) -> Any:
+    """``x`` as uint8 when ``x.float() / 255`` gives ``x`` back exactly, else ``None``."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        return None
+    u = (x * 255).round_()
+    if u.min() < 0 or u.max() > 255:
+        return None
+    u8 = u.to(torch.uint8)
+    return u8 if torch.equal(u8.float().div_(255), x) else None
 
 
 def evaluation_frames(num_frames: int, count: int) -> list[int]:
