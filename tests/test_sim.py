@@ -168,28 +168,6 @@ def test_ensure_sim_dataset_generates_once(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
 
 
-def test_ensure_sim_datasets_generates_the_missing_ones_in_parallel_as_one_at_a_time(tmp_path):
-    import pandas as pd
-
-    from zk0cli.core.sim.cache import SimDatasetKey, ensure_sim_datasets
-
-    lift, push = (SimDatasetKey(t, episodes=1, seed=3, height=32, width=48)
-                  for t in ("lift", "push"))
-    got = ensure_sim_datasets([lift, push, lift], cache_dir=tmp_path / "par", workers=2)
-    assert [r for r, _ in got] == [lift.repo_id(), push.repo_id(), lift.repo_id()]
-    assert got[0] == got[2] and got[0][1] == lift.path(tmp_path / "par")
-    one = ensure_sim_dataset(push, cache_dir=tmp_path / "seq")[1]
-    par = got[1][1]
-
-    def table(root):
-        return pd.concat(pd.read_parquet(f) for f in sorted((root / "data").rglob("*.parquet")))
-
-    a, b = table(par), table(one)
-    assert len(a) > 10
-    for col in ("observation.state", "action"):  # the same seed, the same demonstrations
-        assert (np.stack(a[col]) == np.stack(b[col])).all(), col
-
-
 def test_cli_preview_contact_sheet(tmp_path):
     from PIL import Image
 

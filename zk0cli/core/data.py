@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
     from zk0cli.core.checks import EpisodeProblem
     from zk0cli.core.config import DatasetSpec, RunConfig, SimConfig
-    from zk0cli.core.sim.cache import SimDatasetKey
 
 #: The only LeRobotDataset format LeRobot 0.6 reads.
 CODEBASE_VERSION = "v3.0"
@@ -48,18 +47,6 @@ class DatasetRef:
     root: Path | None
 
 
-def sim_key(spec: DatasetSpec, sim: SimConfig) -> SimDatasetKey:
-    """The generator settings of a ``source = "sim"`` dataset (its place in the cache).
-
-    ``spec.episodes or sim.episodes`` episodes of task ``spec.name`` at ``spec.seed``, at
-    the image size and ``only_success`` of ``sim``.
-    """
-    from zk0cli.core.sim.cache import SimDatasetKey
-
-    return SimDatasetKey(spec.name, episodes=spec.episodes or sim.episodes, seed=spec.seed,
-                         height=sim.height, width=sim.width, only_success=sim.only_success)
-
-
 def resolve_dataset(spec: DatasetSpec, sim: SimConfig) -> DatasetRef:
     """Turn a configured dataset into a :class:`DatasetRef`.
 
@@ -76,7 +63,14 @@ def resolve_dataset(spec: DatasetSpec, sim: SimConfig) -> DatasetRef:
     if spec.source == "sim":
         from zk0cli.core.sim import ensure_sim_dataset
 
-        repo_id, root = ensure_sim_dataset(sim_key(spec, sim))
+        repo_id, root = ensure_sim_dataset(
+            spec.name,
+            episodes=spec.episodes or sim.episodes,
+            seed=spec.seed,
+            height=sim.height,
+            width=sim.width,
+            only_success=sim.only_success,
+        )
         return DatasetRef(name=spec.name, repo_id=repo_id, root=Path(root))
     if spec.source == "local":
         return DatasetRef(name=spec.name, repo_id=spec.name, root=Path(spec.root or ""))

@@ -65,13 +65,6 @@ def prepare_datasets(config: RunConfig, *, on_dataset: Callable[[str], None] | N
     specs = [*config.data.clients[: max(config.num_clients, 1)], *config.data.eval]
     if config.data.partition == "episodes":
         specs = [config.data.clients[0], *config.data.eval]
-    sim_specs = [s for s in specs if s.source == "sim"]
-    if len(sim_specs) > 1:  # the missing ones at once, one process per core
-        from zk0cli.core.sim.cache import ensure_sim_datasets
-
-        if on_dataset:
-            on_dataset(", ".join(dict.fromkeys(s.name for s in sim_specs)))
-        ensure_sim_datasets([D.sim_key(s, config.data.sim) for s in sim_specs])
     for spec in specs:
         if on_dataset:
             on_dataset(spec.name)

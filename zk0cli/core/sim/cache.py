@@ -11,11 +11,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,42 +131,3 @@ def ensure_sim_dataset(task: str | SimDatasetKey, *, cache_dir: Path | None = No
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return repo_id, root
-
-
-# Imported once by the forkserver, so each generator process starts with them loaded.
-_GENERATOR_MODULES = ["zk0cli.core.sim.recorder", "mujoco", "lerobot.datasets.lerobot_dataset"]
-
-
-def ensure_sim_datasets(keys: Sequence[SimDatasetKey], *, cache_dir: Path | None = None,
-                        workers: int | None = None) -> list[tuple[str, Path]]:
-    """:func:`ensure_sim_dataset` for several datasets, generating the missing ones at once.
-
-    Rendering and video encoding use about one core per dataset, so the missing datasets
-    are generated in up to ``workers`` processes (default: one per CPU core); the cache's
-    lock file still makes each dataset exactly once, whoever else asks for it.
-
-    Args:
-        keys: The datasets wanted (duplicates are generated once).
-        cache_dir: As for :func:`ensure_sim_dataset`.
-        workers: Most processes generating at once (default ``os.cpu_count()``).
-
-    Returns:
-        ``(repo_id, root)`` for each key, in the order of ``keys``.
-
-    Raises:
-        UsageError: Unknown task or invalid sizes.
-        SimulatorError: Generation of one of them failed.
-    """
-    for key in keys:
-        check_task(key.task)
-    missing = [k for k in dict.fromkeys(keys) if not (k.path(cache_dir) / _COMPLETE).is_file()]
-    n = min(len(missing), workers or os.cpu_count() or 1)
-    if n > 1:
-        logger.info("generating %d simulator datasets in %d processes", len(missing), n)
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_GENERATOR_MODULES)
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-            for future in [pool.submit(ensure_sim_dataset, k, cache_dir=cache_dir)
-                           for k in missing]:
-                future.result()  # re-raises the generator's error in this process
-    return [ensure_sim_dataset(k, cache_dir=cache_dir) for k in keys]
