@@ -61,6 +61,15 @@ def test_a_bad_flag_value_names_the_flag_not_the_preset():
     assert "in preset 'tiny' and the command-line flags" in str(info.value)
 
 
+def test_a_bad_set_value_names_the_overrides_and_min_clients_says_how_to_lower_it():
+    with pytest.raises(ConfigError) as info:
+        load_config(preset="tiny", overrides=["federation.early_stop.patience=0"])
+    assert "in the --set overrides" in str(info.value) and "preset" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(preset="tiny", flags={"federation.num_clients": 1})
+    assert "--set federation.min_clients=1" in str(info.value)
+
+
 def test_parse_override_types():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a.b=true") == (["a", "b"], True)

@@ -148,7 +148,8 @@ def test_a_bad_repo_id_is_named_with_an_unusable_checkpoint_or_alone(ckpt: Path,
     result = CliRunner().invoke(app, ["push", str(tmp_path), "--repo-id", "bad", "--dry-run"])
     said = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
-    assert "--repo-id: repo id 'bad'" in said and f"checkpoint {tmp_path}: cannot tell" in said
+    assert "--repo-id: repo id 'bad'" in said
+    assert f"checkpoint {tmp_path}: not a checkpoint: no manifest.json" in said
     result = CliRunner().invoke(app, ["push", str(ckpt), "--repo-id", "bad", "--dry-run"])
     said = " ".join(result.output.split())
     assert result.exit_code == 2, result.output

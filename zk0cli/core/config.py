@@ -318,7 +318,9 @@ class FederationConfig(_Section):
     def _check(self) -> FederationConfig:
         if self.num_clients is not None and self.min_clients > self.num_clients:
             raise ValueError(
-                f"min_clients ({self.min_clients}) must be <= num_clients ({self.num_clients})"
+                f"min_clients ({self.min_clients}) must be <= num_clients ({self.num_clients}); "
+                f"with fewer clients also lower it, e.g. --set federation.min_clients="
+                f"{self.num_clients}"
             )
         return self
 
@@ -622,6 +624,9 @@ def load_config(
         return validate_config(data, source=source)
     except ConfigError as err:
         given = {k for k, v in (flags or {}).items() if v is not None}
+        set_paths = {o.split("=", 1)[0].strip() for o in overrides}
+        if set_paths and all(p.path in set_paths for p in err.problems):  # --set alone
+            raise ConfigError(err.problems, source="the --set overrides") from None
         if not given & {p.path for p in err.problems}:
             raise
         problems = [FieldProblem(FLAG_NAMES.get(p.path, p.path), p.value, p.rule)

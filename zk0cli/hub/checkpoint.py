@@ -130,6 +130,12 @@ def resolve_checkpoint(path: Path) -> ResolvedCheckpoint:
     is_run = rd.run_json.is_file() or rd.models_dir.is_dir()
     if not is_run:
         rnd = _round_of(path)
+        if rnd is None and not (path / MANIFEST_FILE).is_file():
+            raise CheckpointError(
+                str(path),
+                [f"not a checkpoint: no {MANIFEST_FILE} (zk0 writes one into every "
+                 f"{CHECKPOINT_PREFIX}N) and not a run directory (no run.json or models/)"],
+            )
         if rnd is None:
             raise CheckpointError(
                 str(path),
