@@ -25,7 +25,6 @@ def measure_overhead(workdir: Path, *, rounds: int, steps: int = 5) -> dict[str,
     from fixtures import write_dataset
 
     from zk0cli.core.config import validate_config
-    from zk0cli.core.rundir import read_json
     from zk0cli.engine.runs import create_run
     from zk0cli.engine.simulate import run_simulation
 
@@ -54,14 +53,7 @@ def measure_overhead(workdir: Path, *, rounds: int, steps: int = 5) -> dict[str,
     wall = time.perf_counter() - t0
     if status != "completed":
         raise RuntimeError(f"simulation {status}: {rundir.read_run().get('error')}")
-    per_round = []
-    for n in range(1, rounds + 1):
-        rf = read_json(rundir.server_eval(n))
-        clients = [float(c["seconds"]) for c in rf["individual_client_training_metrics"]]
-        per_round.append({"round": n, "seconds": rf["seconds"],
-                          "client_seconds_max": max(clients),
-                          "overhead_seconds": rf["seconds"] - max(clients),
-                          "server_eval": rf["server_eval"] is not None})
+    per_round = round_overheads(rundir, rounds)
     warm = [r["overhead_seconds"] for r in per_round[1:-1]]
     return {
         "rounds": rounds, "clients": 2, "steps_per_round": steps, "wall_seconds": wall,
@@ -90,7 +82,6 @@ def _deploy_round_overheads(workdir: Path, *, rounds: int, steps: int, warm: boo
                             ) -> dict[str, Any]:
     """One local trial (``zk0 train --local-nodes 2``: TLS, a SuperLink, 2 SuperNodes)."""
     from zk0cli.core.config import validate_config
-    from zk0cli.core.rundir import read_json
     from zk0cli.engine import deploy
     from zk0cli.engine.deploy_options import LocalTrialOptions
     from zk0cli.engine.runs import create_run
@@ -120,13 +111,7 @@ def _deploy_round_overheads(workdir: Path, *, rounds: int, steps: int, warm: boo
     wall = time.perf_counter() - t0
     if status != "completed":
         raise RuntimeError(f"local trial {status}: {rundir.read_run().get('error')}")
-    per_round = []
-    for n in range(1, rounds + 1):
-        rf = read_json(rundir.server_eval(n))
-        clients = [float(c["seconds"]) for c in rf["individual_client_training_metrics"]]
-        per_round.append({"round": n, "seconds": rf["seconds"],
-                          "client_seconds_max": max(clients),
-                          "overhead_seconds": rf["seconds"] - max(clients)})
+    per_round = round_overheads(rundir, rounds)
     between = [r["overhead_seconds"] for r in per_round[1:-1]]
     return {"warm_clientapp": warm, "wall_seconds": wall, "run_dir": str(rundir.root),
             "per_round": per_round,
@@ -178,3 +163,19 @@ def measure_tiny_run(workdir: Path) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(measure_overhead(Path(sys.argv[1]), rounds=int(sys.argv[2])), indent=1))
+
+
+def round_overheads(rundir: Any, rounds: int) -> list[dict[str, Any]]:
+    """Per round of a finished run: its seconds, the slowest client's training seconds,
+    their difference (the round's overhead, s) and whether the server evaluated."""
+    from zk0cli.core.rundir import read_json
+
+    per_round = []
+    for n in range(1, rounds + 1):
+        rf = read_json(rundir.server_eval(n))
+        clients = [float(c["seconds"]) for c in rf["individual_client_training_metrics"]]
+        per_round.append({"round": n, "seconds": rf["seconds"],
+                          "client_seconds_max": max(clients),
+                          "overhead_seconds": rf["seconds"] - max(clients),
+                          "server_eval": rf["server_eval"] is not None})
+    return per_round
