@@ -22,19 +22,11 @@ from typing import Any
 
 def measure_overhead(workdir: Path, *, rounds: int, steps: int = 5) -> dict[str, Any]:
     """Run one simulation; return per-round seconds, client seconds and overheads."""
-    from fixtures import write_dataset
-
     from zk0cli.core.config import validate_config
     from zk0cli.engine.runs import create_run
     from zk0cli.engine.simulate import run_simulation
 
-    roots = []
-    for i in range(2):
-        root = workdir / f"sim-client{i}"
-        if not root.exists():
-            write_dataset(root, repo_id=f"zk0bench/client{i}", episodes=3, frames=30,
-                          size=64, seed=i)
-        roots.append(root)
+    roots = _fixture_roots(workdir)
     config = validate_config({
         "seed": 0,
         "output_root": str(workdir / "outputs"),
