@@ -93,3 +93,7 @@ INSTRUCTION_KEY: Final = "zk0-instruction"  # train/query config: the RunInstruc
 JOIN_ACTION: Final = "join"  # ClientApp query action: message type "query.join"
 JOIN_REPORT_KEY: Final = "zk0-join"  # query.join reply: the site's JoinReport as JSON
 NODE_SITE_CONFIG_KEY: Final = "site-config"  # SuperNode node config: the site file (JSON)
+
+# --- differential privacy (zk0cli.core.privacy) ---------------------------------------------
+DP_EPSILON_KEY: Final = "zk0-dp-epsilon"  # train config: epsilon after this round if released
+DP_PRE_CLIP_NORM: Final = "dp_update_norm"  # client metric: ‖Δ‖ before the client clipped it

@@ -15,7 +15,8 @@ logger.addHandler(logging.NullHandler())
 # Loggers of libraries whose warnings are noise for zk0 users: LeRobot prints a long
 # traceback when torchcodec is installed without system FFmpeg libraries and then falls
 # back to PyAV, which zk0 selects explicitly anyway (data.video_backend = "pyav").
-_NOISY = {"lerobot.utils.import_utils": logging.ERROR}
+# absl: dp-accounting notes each RDP order it excludes ("failed to converge"), per epsilon
+_NOISY = {"lerobot.utils.import_utils": logging.ERROR, "absl": logging.ERROR}
 
 
 def quiet_libraries() -> None:

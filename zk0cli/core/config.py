@@ -376,6 +376,50 @@ class TrackingConfig(_Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
 
+# --- differential privacy (docs/privacy.md) -----------------------------------------------
+
+
+class PrivacyConfig(_Section):
+    """Central differential privacy: clipped client updates, Gaussian noise, an accountant."""
+
+    mode: Literal["off", "central"] = Field(
+        "off", description="`central`: each client clips its update to `clipping_norm`, the "
+        "server averages the clipped updates with equal weights and adds Gaussian noise of "
+        "std `noise_multiplier x clipping_norm / n` (n: clients aggregated); the RDP "
+        "accountant records epsilon at `delta` after every round. `off`: no DP.",
+    )
+    clipping_norm: float = Field(
+        1.0, gt=0, description="L2 bound C of one client's update w_local - w_global over "
+        "all trainable tensors.")
+    noise_multiplier: float = Field(
+        1.0, ge=0, description="z: noise std over the sensitivity C of the sum of clipped "
+        "updates; 0 adds no noise (epsilon is infinite).")
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta at which epsilon is reported.")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="Privacy budget: the run ends `completed` (with the reason in "
+        "run.json's `stop_reason`) before the round whose epsilon would exceed it; None: no "
+        "budget stop.")
+
+
+class SitePrivacyLimits(_Section):
+    """Privacy limits a site sets for itself; it refuses to train in a round that breaks one."""
+
+    max_clipping_norm: float | None = Field(
+        None, gt=0, description="Largest `privacy.clipping_norm` this site accepts (a set "
+        "limit also refuses runs without `privacy.mode = \"central\"`).")
+    min_noise_multiplier: float | None = Field(
+        None, ge=0, description="Smallest `privacy.noise_multiplier` this site accepts.")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="Largest epsilon (at the run's delta) this site lets the run "
+        "reach: it refuses the round after which epsilon would exceed it.")
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return any(v is not None for v in
+                   (self.max_clipping_norm, self.min_noise_multiplier, self.max_epsilon))
+
+
 class SiteConfig(_Section):
     """A site's own settings for `zk0 train supernode` (`--site-config site.toml`, or flags)."""
 
@@ -404,6 +448,7 @@ class SiteConfig(_Section):
     client_id: str | None = Field(
         None, description="Name of this site in the run directory (`clients/<id>/`)."
     )
+    privacy: SitePrivacyLimits = Field(default_factory=SitePrivacyLimits)
 
 
 class RunConfig(_Section):
@@ -420,6 +465,7 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @property
     def num_clients(self) -> int:
@@ -460,7 +506,32 @@ class RunConfig(_Section):
             )
         if self.model.kind == "tiny" and self.model.dtype != "float32":
             raise ValueError("model.dtype must be 'float32' for the tiny model")
+        self._privacy_checks()
         return self
+
+    def _privacy_checks(self) -> None:
+        """Combinations that ``privacy.mode = "central"`` cannot support (docs/privacy.md)."""
+        if self.privacy.mode != "central":
+            return
+        if self.federation.min_clients < 2:
+            raise ValueError(
+                f"privacy.mode = 'central' needs federation.min_clients >= 2 (got "
+                f"{self.federation.min_clients}): the noise hides one client's update among "
+                "the others, and a round with one client would publish its update plus noise "
+                "alone; set --set federation.min_clients=2"
+            )
+        if self.schedule.mu == "adaptive":
+            raise ValueError(
+                "privacy.mode = 'central' cannot use schedule.mu = 'adaptive': it changes mu "
+                "from the clients' own (un-noised) policy losses, a use of their data the "
+                "accountant does not count; use schedule.mu = 'constant' or 'step'"
+            )
+        if self.data.stats == "federated":
+            raise ValueError(
+                "privacy.mode = 'central' cannot use data.stats = 'federated': the merged "
+                "normalisation statistics come from the sites' data without noise and enter "
+                "the released model outside the accountant; use data.stats = 'local'"
+            )
 
 
 # --- loading ------------------------------------------------------------------------------

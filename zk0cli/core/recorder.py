@@ -152,6 +152,7 @@ class RunRecorder:
             individual_client_training_metrics=individual,
             failures=[FailureRecord(client_id=r.client_id, node_id=r.node_id,
                                     reason=r.reason or "") for r in reports if not r.ok],
+            privacy=outcome.privacy if outcome is not None else None,
         )
         write_json(self.rundir.server_eval(server_round), record.to_json())
         self._append_history(record)

@@ -20,6 +20,11 @@ zk0's client trainer does. This subclass overrides only what differs:
   so the model does not depend on arrival order (:mod:`zk0cli.core.aggregation`); with
   :class:`~zk0cli.flower.streaming.StreamingGrid` the server holds one reply at a time.
 
+With ``privacy.mode = "central"`` (:mod:`zk0cli.core.privacy`) the replies' updates are
+clipped again against the global model, averaged with equal weights, and the mean gets the
+seeded Gaussian noise before the server optimizer (if any) steps on it; each released round
+is charged to the accountant.
+
 Each round's outcome is kept in :attr:`Zk0FedProx.outcomes` for the run recorder.
 """
 
@@ -57,6 +62,8 @@ from zk0cli.log import logger
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
+
+    from zk0cli.core.privacy import ServerPrivacy
 
 # Client metrics averaged into the round's aggregated metrics (name -> key prefix).
 AGGREGATED_METRICS: tuple[str, ...] = (
@@ -100,6 +107,8 @@ class RoundOutcome:
         note: Why not, when it did not.
         proximal_mu: The mu sent to clients.
         lr: The learning rate sent to clients.
+        privacy: The round's differential-privacy record (``RoundPrivacy`` fields), or
+            ``None`` without DP.
     """
 
     server_round: int
@@ -108,6 +117,7 @@ class RoundOutcome:
     note: str | None
     proximal_mu: float
     lr: float
+    privacy: dict[str, Any] | None = None
 
     @property
     def ok_reports(self) -> list[ClientReport]:
@@ -221,6 +231,10 @@ class Zk0FedProx(FedProx):
             from 1 again, the run's rounds continue.
         prior_losses: Round -> clients' policy losses recorded before a resume, so an
             adaptive mu schedule continues where it was.
+        server_optimizer: Server optimizer stepping on the round's mean (``None``: the
+            mean is the next global model).
+        privacy: Central differential privacy (:class:`~zk0cli.core.privacy.ServerPrivacy`):
+            replies are clipped, averaged with equal weights and noised; ``None``: off.
     """
 
     def __init__(
@@ -239,6 +253,7 @@ class Zk0FedProx(FedProx):
         round_offset: int = 0,
         prior_losses: Mapping[int, list[float]] | None = None,
         server_optimizer: ServerOptimizer | None = None,
+        privacy: ServerPrivacy | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -266,6 +281,9 @@ class Zk0FedProx(FedProx):
         self._wait_notes: dict[int, str] = {}
         self.server_optimizer = server_optimizer
         self._global: dict[str, Any] | None = None  # the arrays sent this round
+        self.privacy = privacy
+        self._sampled: dict[int, int] = {}  # round -> train messages sent (DP accounting)
+        self._server_clipped = 0  # replies of the current round the server scaled down
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's summary plus zk0's)."""
@@ -283,17 +301,21 @@ class Zk0FedProx(FedProx):
             self.proximal_mu = float(self.mu_for_round(server_round, self.loss_history()))
         config[K.LR_KEY] = float(self.lr_for_round(server_round))
         config[K.STEPS_KEY] = int(self.steps)
+        if self.privacy is not None:  # sites check it against their own max_epsilon
+            config[K.DP_EPSILON_KEY] = float(
+                self.privacy.accountant.projected(self.privacy.planned_sample))
         self._remember_global(arrays)
         if self.node_wait_timeout_s is None:
             messages = list(super().configure_train(server_round, arrays, config, grid))
         else:
             messages = self._configure_train_bounded(server_round, arrays, config, grid)
         self._sent[server_round] = messages  # Flower sets their message ids when sending
+        self._sampled[server_round] = len(messages)
         return messages
 
     def _remember_global(self, arrays: ArrayRecord) -> None:
         """Keep the global model of this round (the server optimizer's ``x``)."""
-        if self.server_optimizer is not None:
+        if self.server_optimizer is not None or self.privacy is not None:
             self._global = from_array_record(arrays)
 
     def _server_update(self, mean: dict[str, Any]) -> dict[str, Any]:
@@ -351,20 +373,29 @@ class Zk0FedProx(FedProx):
             mean was not finite (Flower then keeps the previous global model).
         """
         server_round += self.round_offset
+        dp: dict[str, Any] | None = None
         with SpilledReplies() as spilled:
+            self._server_clipped = 0
             reports = self.collect_replies(server_round, replies, spilled)
             count = len(spilled)
             arrays, metrics, note = None, None, None
+            if self.privacy is not None:
+                dp = self._privacy_record(server_round, count)
             if 0 < count < self.min_train_nodes:
                 note = (f"only {count} valid repl{'y' if count == 1 else 'ies'}, fewer "
                         f"than federation.min_clients = {self.min_train_nodes}; previous "
                         "global model kept")
             elif count:
                 mean = self.weighted_mean(spilled)
+                if self.privacy is not None and self._global is not None and dp is not None:
+                    mean, dp["noise_std"] = self.privacy.release(self._global, mean,
+                                                                 clients=count)
                 problems = tensor_problems(mean, self.expected)
                 if problems:
                     note = "aggregated model rejected, previous kept: " + "; ".join(problems)
                 else:
+                    if self.privacy is not None and dp is not None:
+                        dp["epsilon"] = self.privacy.charge(int(dp["sample_size"]))
                     mean = self._server_update(mean)
                     arrays = to_array_record(mean, transport_dtype=self.transport_dtype)
                     agg = aggregate_client_metrics(reports)
@@ -380,10 +411,27 @@ class Zk0FedProx(FedProx):
             note=note,
             proximal_mu=float(self.proximal_mu),
             lr=float(self.lr_for_round(server_round)),
+            privacy=dp,
         )
+        if dp is not None and dp["noise_std"] is not None:
+            logger.log(INFO, "round %s: noise std %.3g on the mean of %d clipped updates; "
+                       "epsilon %.4g at delta %g", server_round, dp["noise_std"], count,
+                       dp["epsilon"], dp["delta"])
         logger.log(INFO, "round %s: %d aggregated, %d excluded%s", server_round,
                    count, len(reports) - count, f" ({note})" if note else "")
         return arrays, metrics
+
+    def _privacy_record(self, server_round: int, count: int) -> dict[str, Any]:
+        """The round's ``privacy`` record before release (ε so far, no noise yet)."""
+        priv = self.privacy
+        assert priv is not None
+        acc = priv.accountant
+        sampled = self._sampled.pop(server_round, priv.planned_sample)
+        return {"epsilon": acc.epsilon, "delta": acc.delta,
+                "clipping_norm": priv.clipping_norm, "noise_multiplier": priv.noise_multiplier,
+                "noise_std": None, "clients": count,
+                "sample_size": min(max(sampled, 1), acc.population),
+                "population": acc.population, "server_clipped": self._server_clipped}
 
     def collect_replies(
         self, server_round: int, replies: Iterable[Message], spilled: SpilledReplies
@@ -406,7 +454,13 @@ class Zk0FedProx(FedProx):
             if not msg.has_error():
                 self._client_ids[node_id] = report.client_id
             del msg  # the encoded reply is not needed any more
-            if tensors is not None:
+            if tensors is not None and self.privacy is not None and self._global is not None:
+                # DP: park the update clipped again against the global model, equal weights
+                tensors, scaled = self.privacy.clip(tensors, self._global)
+                self._server_clipped += int(scaled)
+                spilled.add(key, tensors, 1.0)
+                del tensors
+            elif tensors is not None:
                 spilled.add(key, tensors, report.weight)
                 del tensors  # one decoded reply in memory at a time
             else:
@@ -426,6 +480,8 @@ class Zk0FedProx(FedProx):
 
     def weighted_mean(self, spilled: SpilledReplies) -> dict[str, Any]:
         """The ``num-examples``-weighted mean of the parked replies, in their fixed order.
+
+        With DP the parked replies are clipped updates of weight 1: their equal-weight mean.
 
         Returns:
             Name -> tensor (each name's dtype); see

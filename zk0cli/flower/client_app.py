@@ -153,7 +153,8 @@ def _state(instr: Any, context: Context) -> _ClientState:
 
     # Warm client: the run's settings (without the per-round values and statistics) and
     # the node config decide the policy and the dataset.
-    run_part = instr.model_dump_json(exclude={"stats", "round", "lr", "steps", "mu"})
+    run_part = instr.model_dump_json(exclude={"stats", "round", "lr", "steps", "mu",
+                                                "epsilon"})
     key = (run_part, tuple(sorted((k, str(v)) for k, v in context.node_config.items())))
     cached = _CACHE.get("client")
     if cached is not None and cached.key == key:
@@ -227,6 +228,10 @@ def run_train(msg: Message, context: Context, *, tamper: Tamper | None = None) -
         from zk0cli.core.transport import from_array_record
 
         instr = decode_train(msg.content.config_records[K.CONFIG_KEY])
+        refusal = privacy_refusal(instr, context)
+        if refusal is not None:  # the site's own privacy limits: no training at all
+            logger.error("client %s: %s", client_id, refusal)
+            return failure_reply(msg, client_id, refusal)
         state = _state(instr, context)
         client_id = state.client_id
         if instr.stats is not None:  # data.stats = "federated": normalise with merged stats
@@ -234,9 +239,8 @@ def run_train(msg: Message, context: Context, *, tamper: Tamper | None = None) -
 
             state.bundle, state.stats_digest = apply_stats(
                 state.bundle, instr.stats, state.rename_map, state.stats_digest)
-        set_trainable_state(state.bundle.policy,
-                            from_array_record(msg.content.array_records[K.ARRAYS_KEY]),
-                            source="server")
+        received = from_array_record(msg.content.array_records[K.ARRAYS_KEY])
+        set_trainable_state(state.bundle.policy, received, source="server")
         # A fresh loader per round, seeded by (seed, round, client): the data order of a
         # round does not depend on which process ran the earlier rounds (resume-safe).
         seed = _round_seed(instr.seed, instr.round, client_id)
@@ -245,12 +249,40 @@ def run_train(msg: Message, context: Context, *, tamper: Tamper | None = None) -
         result = train_round(state.bundle, loader, steps=instr.steps, lr=instr.lr,
                              mu=instr.mu, training=instr.training,
                              dataset_name=state.dataset_name, seed=seed)
-        tensors = result.tensors if tamper is None else tamper(client_id, dict(result.tensors))
+        tensors = result.tensors
+        if instr.privacy is not None:  # clip the decoded float update before encoding it
+            from zk0cli.core.privacy import clip_update
+            from zk0cli.core.transport import tensor_hash
+
+            tensors, pre_clip = clip_update(tensors, received, instr.privacy.clipping_norm)
+            result.metrics[K.DP_PRE_CLIP_NORM] = pre_clip
+            result.metrics[K.PARAM_HASH] = tensor_hash(tensors)  # of the tensors sent
+        del received
+        tensors = tensors if tamper is None else tamper(client_id, dict(tensors))
     except Exception as err:  # report, never leave the server waiting
         logger.error("client %s: local training failed: %s", client_id, err)
         logger.debug("%s", traceback.format_exc())
         return failure_reply(msg, client_id, f"{type(err).__name__}: {err}")
     return _update_reply(msg, client_id, tensors, result.metrics, instr.transport_dtype)
+
+
+def privacy_refusal(instr: Any, context: Context) -> str | None:
+    """Why this site refuses the round under its own privacy limits (``None``: it trains).
+
+    The limits are the site's (``privacy`` of its :class:`~zk0cli.core.config.SiteConfig`),
+    never the coordinator's: a simulated client has none.
+
+    Returns:
+        ``"site privacy limit: ..."`` naming every broken limit and the run's value.
+    """
+    from zk0cli.core.privacy import site_limit_problems
+
+    site = site_of(context)
+    if site is None:
+        return None
+    problems = site_limit_problems(site.privacy, instr.privacy,
+                                   epsilon=getattr(instr, "epsilon", None))
+    return "refused by the site's privacy limits: " + "; ".join(problems) if problems else None
 
 
 def _update_reply(msg: Message, client_id: str, tensors: dict[str, Any],
@@ -307,6 +339,10 @@ def join(msg: Message, context: Context) -> Message:
         instr = decode_run(msg.content.config_records.get(K.CONFIG_KEY, ConfigRecord()))
         plan = plan_of(instr, context)
         report = _check_join(instr, plan)
+        refusal = privacy_refusal(instr, context)
+        if refusal is not None:  # reported before round 1, with the join check
+            report = report.model_copy(update={"ok": False,
+                                               "problems": [*report.problems, refusal]})
     except Exception as err:  # report, never leave the server waiting
         site = site_of_safe(context)
         report = JoinReport(client_id=client_id, dataset=site.dataset if site else "?",

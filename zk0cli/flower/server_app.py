@@ -101,6 +101,9 @@ class RoundHook:
         improved = stopper is not None and server_eval is not None and \
             stopper.observe(run_round, comp)
         stop = stopper is not None and stopper.should_stop and not policy.is_last(run_round)
+        budget = self._privacy(run_round)  # records ε; the reason to stop, if any
+        budget = None if policy.is_last(run_round) else budget
+        stop = stop or budget is not None
         if policy.should_checkpoint(run_round) or (
                 (improved or stop) and run_round > 0 and policy.changed_since_checkpoint):
             self._checkpoint(run_round, record)
@@ -109,12 +112,32 @@ class RoundHook:
             self.rundir.update_run(best_round=run_round, best_checkpoint=(
                 str(ckpt.relative_to(self.rundir.root)) if ckpt.is_dir() else None))
         policy.check_failures(run_round, outcome)
+        if budget is not None:
+            logger.info("%s", budget)
+            self.rundir.update_run(stop_reason=budget)
+            raise EarlyStop(run_round)
         if stop and stopper is not None:
             reason = stopper.reason(run_round)
             logger.info("%s", reason)
             self.rundir.update_run(stop_reason=reason)
             raise EarlyStop(run_round)
         return MetricRecord({COMPOSITE_METRIC: comp}) if comp is not None else None
+
+    def _privacy(self, run_round: int) -> str | None:
+        """Record ε in run.json; the budget-stop reason when the next round would exceed it."""
+        priv = getattr(self.strategy, "privacy", None)
+        if priv is None:
+            return None
+        self.rundir.update_run(privacy=priv.summary())
+        limit = priv.settings.max_epsilon
+        if limit is None:
+            return None
+        nxt = priv.accountant.projected(priv.planned_sample)
+        if nxt <= limit:
+            return None
+        return (f"privacy budget: epsilon after round {run_round + 1} would be {nxt:.4g} > "
+                f"privacy.max_epsilon = {limit:g} (delta = {priv.accountant.delta:g}); "
+                f"stopped after round {run_round} at epsilon {priv.accountant.epsilon:.4g}")
 
     def _checkpoint(self, server_round: int, record: ServerRoundRecord | Mapping[str, Any]
                     ) -> None:
@@ -135,9 +158,14 @@ class RoundHook:
 
         server_opt = getattr(self.strategy, "server_optimizer", None)
         previous = self.rundir.latest_checkpoint()
+        privacy = getattr(self.strategy, "privacy", None)
+
         def save(directory: Path) -> None:
+            from zk0cli.core.privacy import save_state as save_privacy
+
             save_bundle(self.evaluator.bundle, directory)
             save_state(server_opt, directory)  # the server optimizer's state, if any
+            save_privacy(privacy, directory)  # the accountant and noise generator, if DP
 
         try:
             write_checkpoint(self.rundir, server_round, save_policy=save,
@@ -192,6 +220,7 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
     from zk0cli.core.contract.instruction import encode
     from zk0cli.core.evaluation import ServerEvaluator
     from zk0cli.core.policy import get_trainable_state
+    from zk0cli.core.privacy import from_run_config as privacy_from_config
     from zk0cli.core.schedules import lr_schedule, mu_schedule
     from zk0cli.core.strategy import Zk0FedProx
     from zk0cli.core.transport import from_array_record, specs_of, to_array_record
@@ -221,11 +250,14 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
         round_offset=start.offset,
         prior_losses=start.prior_losses,
         server_optimizer=from_federation(fed),
+        privacy=privacy_from_config(cfg),
     )
     if start.checkpoint is not None:
+        from zk0cli.core.privacy import load_state as load_privacy
         from zk0cli.core.server_opt import load_state
 
         load_state(strategy.server_optimizer, start.checkpoint)
+        load_privacy(strategy.privacy, start.checkpoint)  # same budget, same noise stream
     train_config = ConfigRecord()
     # Flower's Grid, handing over replies one at a time as they arrive (flat memory in the
     # number of clients) and reporting each one (server/progress.json)

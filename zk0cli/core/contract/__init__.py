@@ -78,6 +78,7 @@ PREPROCESSOR_FILE: Final = "policy_preprocessor.json"
 POSTPROCESSOR_FILE: Final = "policy_postprocessor.json"
 MODEL_CARD: Final = "README.md"
 SERVER_OPTIMIZER_FILE: Final = "server_optimizer.safetensors"  # server optimizer state (t, m/, v/)
+PRIVACY_STATE_FILE: Final = "privacy_state.json"  # DP accountant ledger + noise generator state
 METRICS_JSON: Final = "metrics.json"
 MANIFEST_JSON: Final = "manifest.json"
 #: Files LeRobot needs to load a policy directory (the processors' normaliser state files,
@@ -260,6 +261,10 @@ class RunRecord(_Record):
     tracking: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Tracker name -> what the tracker recorded "
         "(e.g. the W&B run id, mode and sync command); see docs/tracking.md.")
+    privacy: dict[str, Any] | None = Field(
+        None, description="With `privacy.mode = \"central\"`: `mode`, `clipping_norm`, "
+        "`noise_multiplier`, `delta`, `max_epsilon`, `population`, `sample_size`, "
+        "`rounds_charged` and `epsilon` after the last recorded round; see docs/privacy.md.")
 
 
 def read_run_record(raw: Any) -> RunRecord:
@@ -320,6 +325,26 @@ class FailureRecord(_Record):
     reason: str = Field("", description="Why its reply was excluded.")
 
 
+class RoundPrivacy(_Record):
+    """What the server's differential-privacy step did in one round (``privacy.mode = central``)."""
+
+    epsilon: float | None = Field(
+        None, description="Epsilon at `delta` after this round (RDP accountant; unchanged "
+        "when the round released nothing).")
+    delta: float | None = Field(None, description="`privacy.delta`.")
+    clipping_norm: float | None = Field(None, description="`privacy.clipping_norm` C.")
+    noise_multiplier: float | None = Field(None, description="`privacy.noise_multiplier` z.")
+    noise_std: float | None = Field(
+        None, description="Std z·C/n of the noise added to the mean (null: nothing released).")
+    clients: int | None = Field(None, description="n, clipped updates averaged.")
+    sample_size: int | None = Field(None, description="Clients sampled (the accountant's event).")
+    population: int | None = Field(None, description="Clients of the run (sampling rate "
+                                   "= sample_size / population).")
+    server_clipped: int | None = Field(
+        None, description="Replies the server had to scale down to C (bf16 rounding, or a "
+        "site that did not clip).")
+
+
 class ServerRoundRecord(_Record):
     """``server/round_<N>_server_eval.json``: the server's view of round N (0 = initial)."""
 
@@ -339,6 +364,9 @@ class ServerRoundRecord(_Record):
         default_factory=list, description="One entry per aggregated client.")
     failures: list[FailureRecord] = Field(
         default_factory=list, description="Clients whose round failed.")
+    privacy: RoundPrivacy | None = Field(
+        None, description="Differential privacy of the round (null without privacy.mode = "
+        "central).")
 
 
 class MetricsRow(_Record):
@@ -461,6 +489,7 @@ DOCUMENTED_RECORDS: Final[tuple[tuple[str, type[BaseModel]], ...]] = (
     (f"{SERVER_DIR}/...: server_eval", ServerEval),
     (f"{SERVER_DIR}/...: individual_client_training_metrics[]", ClientMetrics),
     (f"{SERVER_DIR}/...: failures[]", FailureRecord),
+    (f"{SERVER_DIR}/...: privacy", RoundPrivacy),
     (f"{SERVER_DIR}/{FEDERATED_METRICS_JSON}: one row per round", MetricsRow),
     (f"{CLIENTS_DIR}/<client_id>/{client_round_name(0).replace('0', '<N>', 1)}",
      ClientRoundRecord),

@@ -40,6 +40,8 @@ ROUND_FIELDS: dict[str, str] = {  # TrainInstruction field -> ConfigRecord key
     "steps": K.STEPS_KEY,
     "mu": K.PROXIMAL_MU_KEY,
 }
+#: Optional round values: sent only when the run uses them (field -> ConfigRecord key).
+OPTIONAL_ROUND_FIELDS: dict[str, str] = {"epsilon": K.DP_EPSILON_KEY}
 #: Keys Flower itself adds to the train config (read by nobody here).
 FLOWER_KEYS: frozenset[str] = frozenset({K.SERVER_ROUND_KEY})
 
@@ -58,6 +60,22 @@ class FeatureSpec(_Record):
 
     type: str
     shape: tuple[int, ...]
+
+
+class PrivacyInstruction(_Record):
+    """The run's differential-privacy settings a site needs (clip, and check its limits).
+
+    Attributes:
+        mode: ``privacy.mode`` (``central``; ``off`` is sent as no instruction at all).
+        clipping_norm: ``C`` (> 0): the site clips its update to this L2 norm.
+        noise_multiplier: ``z`` (>= 0) of the server's noise.
+        delta: ``privacy.delta`` in (0, 1) at which epsilon is counted.
+    """
+
+    mode: Literal["central"]
+    clipping_norm: float = Field(gt=0)
+    noise_multiplier: float = Field(ge=0)
+    delta: float = Field(gt=0, lt=1)
 
 
 class RunInstruction(_Record):
@@ -83,6 +101,7 @@ class RunInstruction(_Record):
         simulation: The data plan of a simulated run (every client on this machine:
             ``partition-id`` -> ``data.clients`` entry); ``None`` in a deployment.
         num_clients: Clients of a simulated run (with ``simulation``).
+        privacy: Differential privacy settings (``None``: the run has none).
     """
 
     schema_version: Literal[1]
@@ -100,6 +119,7 @@ class RunInstruction(_Record):
     stats: str | None
     simulation: DataConfig | None
     num_clients: int | None = Field(ge=1)
+    privacy: PrivacyInstruction | None = None
 
 
 class TrainInstruction(RunInstruction):
@@ -110,12 +130,15 @@ class TrainInstruction(RunInstruction):
         lr: Peak learning rate of this round.
         steps: Local optimizer steps.
         mu: FedProx proximal coefficient (0 gives FedAvg), sent by Flower's ``FedProx``.
+        epsilon: With differential privacy, epsilon after this round if it is released
+            (:data:`~zk0cli.constants.DP_EPSILON_KEY`; ``None`` without DP).
     """
 
     round: int = Field(ge=1)
     lr: float = Field(gt=0)
     steps: int = Field(ge=1)
     mu: float = Field(ge=0)
+    epsilon: float | None = Field(None, ge=0)
 
 
 def features_of(policy_config: Any) -> dict[str, FeatureSpec]:
@@ -155,6 +178,10 @@ def run_instruction(cfg: RunConfig, *, input_features: Mapping[str, FeatureSpec]
         input_features=dict(input_features), stats=stats,
         simulation=cfg.data if simulation else None,
         num_clients=cfg.num_clients if simulation else None,
+        privacy=PrivacyInstruction(mode="central", clipping_norm=cfg.privacy.clipping_norm,
+                                   noise_multiplier=cfg.privacy.noise_multiplier,
+                                   delta=cfg.privacy.delta)
+        if cfg.privacy.mode == "central" else None,
     )
 
 
@@ -226,7 +253,8 @@ def decode_train(record: Mapping[str, Any]) -> TrainInstruction:
             zk0 version sends.
     """
     run = decode_run(record)
-    known = {K.INSTRUCTION_KEY, *ROUND_FIELDS.values(), *FLOWER_KEYS}
+    known = {K.INSTRUCTION_KEY, *ROUND_FIELDS.values(), *OPTIONAL_ROUND_FIELDS.values(),
+             *FLOWER_KEYS}
     unknown = sorted(set(record) - known)
     if unknown:
         raise InstructionError(unknown[0], record[unknown[0]],
@@ -240,6 +268,12 @@ def decode_train(record: Mapping[str, Any]) -> TrainInstruction:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InstructionError(key, value, "a number")
         values[field] = value
+    for field, key in OPTIONAL_ROUND_FIELDS.items():
+        if key in record:
+            value = record[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InstructionError(key, value, "a number")
+            values[field] = value
     try:
         return TrainInstruction.model_validate({**run.model_dump(), **values})
     except ValidationError as err:
