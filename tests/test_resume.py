@@ -16,6 +16,8 @@ from zk0cli.cli.app import app
 from zk0cli.constants import OWNER_GONE_BOUND_S
 from zk0cli.core.checkpoint import write_checkpoint
 from zk0cli.core.config import load_config
+from zk0cli.core.contract import PRIVACY_STATE_FILE
+from zk0cli.core.privacy import RunAccountant
 from zk0cli.core.resume import config_differences, prepare_resume
 from zk0cli.core.rundir import RunDir, read_json, write_json
 from zk0cli.errors import RunDirError, UsageError
@@ -24,7 +26,10 @@ from zk0cli.errors import RunDirError, UsageError
 # machine (`flwr stop` is a CLI process); the last resume must still have rounds to train.
 ARGS = ["--preset", "tiny", "--rounds", "6", "--clients", "2",
         "--set", "training.steps_per_round=2", "--set", "eval.batches=1",
-        "--set", "checkpoint.interval=1"]
+        "--set", "checkpoint.interval=1",
+        # central DP: the accountant's epsilon and the noise stream must resume bitwise too
+        "--set", "privacy.mode=central", "--set", "privacy.noise_multiplier=0.7",
+        "--set", "privacy.clipping_norm=0.5", "--set", "data.stats=local"]
 MARK = "ZK0_RESUME_MARK"
 
 
@@ -116,6 +121,18 @@ def test_owner_killed_or_hung_up_then_resume_equals_uninterrupted_run(tmp_path):
         assert (ta[name] == tb[name]).all(), name
     ea, eb = read_json(a.server_eval(6)), read_json(b.server_eval(6))
     assert ea["server_eval"] == eb["server_eval"]
+    # the same privacy budget: epsilon of 6 noised rounds of 2 of 2 clients, in every record
+    assert ea["privacy"] == eb["privacy"] and ea["privacy"]["clients"] == 2
+    assert ea["privacy"]["noise_std"] == pytest.approx(0.7 * 0.5 / 2)
+    acc = RunAccountant(delta=1e-5, population=2, noise_multiplier=0.7)
+    for _ in range(6):
+        acc.charge(2)
+    assert eb["privacy"]["epsilon"] == pytest.approx(acc.epsilon, rel=1e-12)
+    assert read_json(b.run_json)["privacy"]["epsilon"] == eb["privacy"]["epsilon"]
+    assert read_json(b.run_json)["privacy"]["rounds_charged"] == 6
+    assert (b.checkpoint(6) / PRIVACY_STATE_FILE).is_file()
+    card = (b.checkpoint(6) / "README.md").read_text()
+    assert f"ε = {acc.epsilon:.3g} at δ = 1e-05" in card
     assert read_json(a.policy_loss_history) == read_json(b.policy_loss_history)
     run = read_json(b.run_json)
     assert run["status"] == "completed" and run["resumes"][0]["from_round"] == 1

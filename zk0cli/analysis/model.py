@@ -241,6 +241,7 @@ class Summary(_Model):
     rounds: list[RoundRow]
     findings: list[Finding]
     comparison: Comparison | None = None
+    privacy: dict[str, Any] | None = None  # run.json's privacy (privacy.mode = "central")
 
 
 class Comparison(_Model):

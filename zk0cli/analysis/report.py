@@ -51,6 +51,8 @@ def render_markdown(summary: Summary, plots: Mapping[str, Path] | None = None) -
              f"{fmt(s.participation_pct, 3)}%",
              f"- **Seconds per round (mean):** {fmt(s.seconds_per_round_mean, 3)}",
              f"- **Latest checkpoint:** {s.latest_checkpoint or 'none'}"]
+    if s.privacy:
+        lines.append(f"- **Differential privacy:** {privacy_line(s.privacy)}")
     for note in s.notes:
         lines.append(f"- _Note:_ {note}")
     if s.config_highlights:
@@ -129,3 +131,19 @@ def write_report(summary: Summary, report_dir: Path, markdown: str) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json(report_dir / SUMMARY_JSON, summary_jsonable(summary))
     (report_dir / REPORT_MD).write_text(markdown, encoding="utf-8")
+
+
+def privacy_line(privacy: dict[str, Any]) -> str:
+    """run.json's ``privacy`` in words: ε at δ after the rounds charged, and the settings."""
+    eps = privacy.get("epsilon")
+    try:
+        eps_f = float(str(eps))  # "inf" is written as a string
+        eps_text = "infinite (no noise)" if eps_f == float("inf") else f"{eps_f:.4g}"
+    except (TypeError, ValueError):
+        eps_text = "not recorded"
+    limit = privacy.get("max_epsilon")
+    return (f"epsilon {eps_text} at delta {privacy.get('delta')} after "
+            f"{privacy.get('rounds_charged')} noised round(s); clipping norm "
+            f"{privacy.get('clipping_norm')}, noise multiplier {privacy.get('noise_multiplier')}"
+            f", {privacy.get('sample_size')} of {privacy.get('population')} clients a round"
+            + (f"; budget {limit}" if limit is not None else ""))

@@ -174,6 +174,7 @@ def summarize(run: RunData, findings: list[Finding]) -> Summary:
         checkpoints=[{"round": c.round, "name": c.path.name, "complete": c.complete,
                       "problems": c.problems} for c in run.checkpoints],
         latest_checkpoint=run.latest, rounds=rows, findings=findings,
+        privacy=info.get(RUN.privacy) if isinstance(info.get(RUN.privacy), dict) else None,
     )
 
 

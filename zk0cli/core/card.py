@@ -303,6 +303,20 @@ _PLACEHOLDER_NOTE = ("\n\nReplace `{placeholder}` with the repository this check
                      "pushed to (or a local\nfolder holding it).")
 
 
+def _privacy_text(config: dict[str, Any], round_eval: Any) -> str:
+    """The card's privacy line: ε at δ after the checkpoint's round, or why there is none."""
+    priv = config.get("privacy") or {}
+    if priv.get("mode") != "central":
+        return "none (`privacy.mode = \"off\"`): the weights are not differentially private"
+    rec = getattr(round_eval, "privacy", None)
+    eps = _as_float(rec.epsilon) if rec is not None else None
+    eps_text = "not recorded" if eps is None else (
+        "infinite (no noise)" if not math.isfinite(eps) else f"{eps:.3g}")
+    return (f"central DP, ε = {eps_text} at δ = {_fmt(priv.get('delta'))} (client-level, "
+            f"RDP accountant); clipping norm {_fmt(priv.get('clipping_norm'))}, noise "
+            f"multiplier {_fmt(priv.get('noise_multiplier'))}; see zk0's docs/privacy.md")
+
+
 def with_repo_id(card_text: str, repo_id: str) -> str:
     """A card written at checkpoint time, with the ``<user>/<model>`` placeholder filled in.
 
@@ -394,6 +408,7 @@ def build_model_card(
         scheduler=training.get("scheduler", _MISSING),
         proximal_mu=_fmt(federation.get("proximal_mu")),
         seed=config.get("seed", _MISSING if run.seed is None else run.seed),
+        privacy_text=_privacy_text(config, round_eval),
         partition=data.get("partition", _MISSING),
         clients=clients,
         eval_datasets=eval_datasets,

@@ -765,7 +765,9 @@ def render_config_reference() -> str:
         ("schedule", ScheduleConfig), ("eval", EvalConfig),
         ("checkpoint", CheckpointConfig), ("logging", LoggingConfig),
         ("tracking", TrackingConfig), ("tracking.wandb", WandbConfig),
+        ("privacy", PrivacyConfig),
         ("site file (`zk0 train supernode --site-config`)", SiteConfig),
+        ("site file: privacy", SitePrivacyLimits),
     ]
     for title, model in sections:
         lines += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], "",

@@ -46,6 +46,8 @@ from zk0cli.log import logger
 BREAKING_PREFIXES: tuple[str, ...] = (
     "seed", "model.", "data.clients", "data.eval", "data.partition", "data.heldout_episodes",
     "data.rename_map", "data.sim.", "federation.num_clients",
+    # the accountant's ledger and the noise stream hold only for the run's own DP settings
+    "privacy.mode", "privacy.clipping_norm", "privacy.noise_multiplier", "privacy.delta",
 )
 
 
