@@ -55,8 +55,11 @@ def test_unknown_version_and_unknown_fields_are_refused_by_name():
         decode_run({K.INSTRUCTION_KEY: json.dumps({**data, "schema_version": 2})})
     assert err.value.field == "schema_version" and err.value.value == 2
     with pytest.raises(InstructionError) as err:
+        decode_run({K.INSTRUCTION_KEY: json.dumps({**data, "secure_aggregation": {"k": 1}})})
+    assert err.value.field == "secure_aggregation" and "unknown field" in str(err.value)
+    with pytest.raises(InstructionError) as err:  # a DP setting this site does not know
         decode_run({K.INSTRUCTION_KEY: json.dumps({**data, "privacy": {"eps": 1}})})
-    assert err.value.field == "privacy" and "unknown field" in str(err.value)
+    assert err.value.field.startswith("privacy.")
     data["training"]["momentum"] = 0.9
     with pytest.raises(InstructionError) as err:
         decode_run({K.INSTRUCTION_KEY: json.dumps(data)})
