@@ -277,3 +277,25 @@ def test_a_site_refuses_a_round_that_breaks_its_limit_and_the_server_records_why
     strategy.aggregate_train(1, [Message(answer.content, metadata=_metadata(7))])
     (report,) = strategy.outcomes[1].failures
     assert report.client_id == "lab-a" and "privacy.max_epsilon = 8" in report.reason
+
+
+def test_budget_stop_comes_before_the_round_that_would_exceed_it():
+    acc = RunAccountant(delta=1e-5, population=2, noise_multiplier=2.0)
+    values = [acc.charge(2) for _ in range(3)]  # epsilon after rounds 1, 2, 3
+    budget = (values[1] + values[2]) / 2  # rounds 1 and 2 fit, round 3 does not
+    priv = ServerPrivacy(PrivacyConfig(mode="central", noise_multiplier=2.0,
+                                       max_epsilon=budget), seed=0, population=2,
+                         planned_sample=2)
+    assert priv.budget_stop(0) is None
+    priv.charge(2)
+    assert priv.budget_stop(1) is None
+    priv.charge(2)
+    reason = priv.budget_stop(2)
+    assert reason is not None and "epsilon after round 3 would be" in reason
+    assert f"privacy.max_epsilon = {budget:g}" in reason and "stopped after round 2" in reason
+    tight = ServerPrivacy(PrivacyConfig(mode="central", noise_multiplier=2.0,
+                                        max_epsilon=values[0] / 2), seed=0, population=2,
+                          planned_sample=2)
+    assert "after round 1 would be" in tight.budget_stop(0)  # refused before round 1
+    assert priv.summary()["rounds_charged"] == 2
+    assert priv.summary()["epsilon"] == pytest.approx(values[1])

@@ -329,6 +329,22 @@ class ServerPrivacy:
         """Charge one released round to the accountant; ε after it."""
         return self.accountant.charge(sample_size)
 
+    def budget_stop(self, run_round: int) -> str | None:
+        """Why the run stops after ``run_round`` (``privacy.max_epsilon``), or ``None``.
+
+        The next round is charged at the planned sample size; when its ε would exceed the
+        budget, the run ends before it (``run_round = 0``: before round 1).
+        """
+        limit = self.settings.max_epsilon
+        if limit is None:
+            return None
+        nxt = self.accountant.projected(self.planned_sample)
+        if nxt <= limit:
+            return None
+        return (f"privacy budget: epsilon after round {run_round + 1} would be {nxt:.4g} > "
+                f"privacy.max_epsilon = {limit:g} (delta = {self.accountant.delta:g}); "
+                f"stopped after round {run_round} at epsilon {self.accountant.epsilon:.4g}")
+
     def summary(self) -> dict[str, Any]:
         """run.json's ``privacy``: settings, releases and ε so far."""
         return {"mode": self.settings.mode, "clipping_norm": self.clipping_norm,

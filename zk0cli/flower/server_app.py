@@ -129,15 +129,7 @@ class RoundHook:
         if priv is None:
             return None
         self.rundir.update_run(privacy=priv.summary())
-        limit = priv.settings.max_epsilon
-        if limit is None:
-            return None
-        nxt = priv.accountant.projected(priv.planned_sample)
-        if nxt <= limit:
-            return None
-        return (f"privacy budget: epsilon after round {run_round + 1} would be {nxt:.4g} > "
-                f"privacy.max_epsilon = {limit:g} (delta = {priv.accountant.delta:g}); "
-                f"stopped after round {run_round} at epsilon {priv.accountant.epsilon:.4g}")
+        return priv.budget_stop(run_round)
 
     def _checkpoint(self, server_round: int, record: ServerRoundRecord | Mapping[str, Any]
                     ) -> None:
