@@ -13,7 +13,7 @@ the composite server eval loss of round 0 and of the last round (the held-out ep
 the raw numbers to ``--results`` (JSON).
 
     flock /tmp/zk0-heavy.lock python experiments/dp_tradeoff.py            # ~3 min per arm
-    python experiments/dp_tradeoff.py --noise 0.5 1 2 --rounds 3 --clip 0.05
+    python experiments/dp_tradeoff.py --noise 0.5 1 2 --rounds 5 --clip 1 --steps 10
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_arm(out: Path, *, rounds: int, noise: float | None, clip: float, seed: int
-            ) -> dict[str, Any]:
+def run_arm(out: Path, *, rounds: int, noise: float | None, clip: float, seed: int,
+            steps: int) -> dict[str, Any]:
     """One ``zk0 simulate`` run; its ε, first and last composite server loss, seconds."""
-    sets = ["data.stats=local", f"seed={seed}", "eval.batches=2"]
+    sets = ["data.stats=local", f"seed={seed}", "eval.batches=2",
+            f"training.steps_per_round={steps}"]
     if noise is not None:
         sets += ["privacy.mode=central", f"privacy.noise_multiplier={noise}",
                  f"privacy.clipping_norm={clip}"]
@@ -92,9 +93,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     """Run the arms, print the table, write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0, 2.0])
-    ap.add_argument("--clip", type=float, default=0.05)
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    ap.add_argument("--clip", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5, help="training.steps_per_round")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-baseline", action="store_true", help="skip the arm without DP")
     ap.add_argument("--work", type=Path, default=Path("/tmp/zk0-dp-tradeoff"))
@@ -106,13 +108,14 @@ def main() -> None:
     for noise in arms:
         name = "off" if noise is None else f"z{noise:g}"
         rows.append(run_arm(args.work / f"{stamp}-{name}", rounds=args.rounds, noise=noise,
-                            clip=args.clip, seed=args.seed))
+                            clip=args.clip, seed=args.seed, steps=args.steps))
         print(json.dumps(rows[-1]), flush=True)
     text = table(rows)
     print(text)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({"arms": rows, "table": text, "rounds": args.rounds,
-                                        "seed": args.seed, "preset": "tiny"}, indent=1)
+                                        "steps_per_round": args.steps, "seed": args.seed,
+                                        "preset": "tiny"}, indent=1)
                             + "\n", encoding="utf-8")
     print(f"wrote {args.results}")
 
