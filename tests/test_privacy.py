@@ -299,3 +299,33 @@ def test_budget_stop_comes_before_the_round_that_would_exceed_it():
     assert "after round 1 would be" in tight.budget_stop(0)  # refused before round 1
     assert priv.summary()["rounds_charged"] == 2
     assert priv.summary()["epsilon"] == pytest.approx(values[1])
+
+
+def test_the_join_check_reports_a_site_limit_before_round_1(tmp_path, make_bundle,
+                                                            so101_root):
+    from zk0cli.core.site import JoinReport
+
+    bundle = make_bundle(seed=1)
+    cfg = load_config(preset="tiny", overrides=[*DP, "privacy.clipping_norm=3",
+                                                "model.device=cpu"])
+    instr = run_instruction(cfg, input_features=features_of(bundle.policy.config), stats=None,
+                            simulation=False)
+    site = SiteConfig.model_validate({"dataset": "zk0test/so101", "dataset_root": so101_root,
+                                      "device": "cpu", "client_id": "lab-b",
+                                      "privacy": {"max_clipping_norm": 1.0}})
+    path = tmp_path / "site.json"
+    path.write_text(site.model_dump_json())
+    context = Context(run_id=1, node_id=7, node_config={K.NODE_SITE_CONFIG_KEY: str(path)},
+                      state=RecordDict(), run_config={})
+    query = Message(RecordDict({K.CONFIG_KEY: ConfigRecord(encode(instr))}),
+                    metadata=Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=7,
+                                      reply_to_message_id="", group_id="1", created_at=0.0,
+                                      ttl=600.0, message_type="query.join"))
+    client_app._CACHE.clear()
+    reply = client_app.join(query, context)
+    report = JoinReport.model_validate_json(
+        str(reply.content.config_records[K.INFO_KEY][K.JOIN_REPORT_KEY]))
+    assert not report.ok and report.missing == []  # the dataset fits; the limit refuses
+    assert report.problems == [
+        "refused by the site's privacy limits: site limit privacy.max_clipping_norm = 1: "
+        "the run's privacy.clipping_norm is 3"]
