@@ -533,12 +533,17 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def load_site_config(path: Path | None, fields: Mapping[str, Any]) -> SiteConfig:
+def load_site_config(path: Path | None, fields: Mapping[str, Any],
+                     flag_names: Mapping[str, str] | None = None) -> SiteConfig:
     """A site's settings: the site file (TOML or JSON), then flags given on the command line.
 
     Args:
         path: The ``--site-config`` file, or ``None``.
         fields: Flag values (``None`` values are ignored).
+        flag_names: How each field of ``fields`` is spelled on the command line
+            (``{"dataset": "--dataset"}``). A problem with a value given by flag names the
+            flag; a missing required field names the flag (and the site file's key when
+            there is a site file); a problem with a value from the file names its key.
 
     Returns:
         The validated settings.
@@ -549,10 +554,16 @@ def load_site_config(path: Path | None, fields: Mapping[str, Any]) -> SiteConfig
     """
     data: dict[str, Any] = dict(read_config_file(path, flag="--site-config")) if path else {}
     data.update({k: v for k, v in fields.items() if v is not None})
+    names: dict[str, str] = {}
+    for key, flag in (flag_names or {}).items():
+        if fields.get(key) is not None:
+            names[key] = flag
+        elif key not in data:
+            names[key] = f"{flag} (or {key} in the site file)" if path else flag
     try:
         return SiteConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(field_problems(err, data=data, model=SiteConfig),
+        raise ConfigError(field_problems(err, data=data, model=SiteConfig, names=names),
                           source=str(path) if path else "flags",
                           hint="Fix the site file or the flags; see the site file section "
                           "of docs/configuration.md.") from None
