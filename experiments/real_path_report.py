@@ -6,7 +6,8 @@ outputs/real_path/) and writes into ``--docs`` (default docs/results/):
 - ``real_path.json``: per arm, the final held-out and unseen means per seed, their mean and
   population standard deviation, the wall seconds per run, and the per-round curve of the
   server's own evaluation set (mean over seeds);
-- ``real_path_curves.png``: those curves, one line per arm.
+- ``real_path_curves.png``: those curves, one line per arm (not local only: a single-task
+  run's server normalises with that task's statistics, so its losses are in other units).
 
 It prints the Markdown table that docs/results.md quotes.
 
@@ -82,6 +83,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arm, a in summary["arms"].items():
+        if arm == "local":  # its server evaluated with one task's statistics: other units
+            continue
         style = "--" if arm.startswith("central") else (":" if arm == "local" else "-")
         ax.plot(range(len(a["server_curve"])), a["server_curve"], style, marker="o",
                 markersize=3, label=LABELS.get(arm, arm))
