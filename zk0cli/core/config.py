@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from zk0cli.errors import ConfigError, FieldProblem, field_problems
 
@@ -313,6 +320,35 @@ class FederationConfig(_Section):
         None, ge=1, description="Simulated clients training at once; None = as many as the "
         "CPUs allow (CPUs // client_cpus)."
     )
+    # --- simulation on an existing Ray cluster (issue #24) ---
+    ray_address: str | None = Field(
+        None, description="Ray cluster the simulated clients run on: None = a private local "
+        "Ray that zk0 starts and stops; `auto` (the cluster `ray start` recorded on this "
+        "machine) or `HOST:PORT` (the head node's GCS address) = an existing cluster, left "
+        "running; see docs/deployment.md#simulation-on-a-ray-cluster."
+    )
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        host, sep, port = v.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"ray_address must be `auto` or `HOST:PORT` (the head node's "
+                             f"address from `ray start --head`), got {v!r}")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _ray_cluster_parallelism(self) -> FederationConfig:
+        if self.ray_address is not None and self.max_parallel_clients is not None:
+            raise ValueError(
+                f"max_parallel_clients ({self.max_parallel_clients}) cannot be combined with "
+                f"ray_address ({self.ray_address!r}): a running Ray cluster's CPUs are fixed by "
+                "its `ray start --num-cpus`; lower the parallelism there or raise "
+                "federation.client_cpus")
+        return self
+    # --- end ray_address ---
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
