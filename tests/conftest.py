@@ -17,6 +17,18 @@ import pytest  # noqa: E402
 
 SO101_REPO = "zk0test/so101"
 
+
+def pytest_collection_modifyitems(config, items):
+    """Run the end-to-end federations (marked ``slow``) first, in file order.
+
+    The suite runs on two pytest-xdist workers (``-n auto --maxprocesses 4`` in
+    pyproject.toml): started first, the few minute-long federations spread over the
+    workers and the short tests fill the gaps, instead of one federation starting last
+    and keeping a single worker busy while the other sits idle. The order is a stable
+    sort, so every worker collects the same list (xdist requires it).
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 def write_dataset(root: Path, **kwargs) -> Path:
     """A structured SO-101-like dataset (see :func:`zk0cli.testing.write_synthetic_dataset`)."""
     from zk0cli.testing import write_synthetic_dataset

@@ -135,3 +135,26 @@ def test_a_one_round_run_has_whole_round_ticks(tmp_path: Path) -> None:
         ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert ticks and all(float(t).is_integer() for t in ticks), (plot.__name__, ticks)
     assert set(plt.get_fignums()) >= before
+
+
+def test_header_names_the_clients_that_ran_and_what_was_left_out(tmp_path: Path) -> None:
+    """`--clients 2` of three data.clients shows two; dropped episodes and statistics left
+    out (run.json) are noted in the summary and the printed header."""
+    import json
+
+    rd = write_run(tmp_path, rounds=2, clients=2)
+    cfg = json.loads(rd.config_json.read_text())
+    cfg["data"]["clients"] = [{"source": "sim", "name": n}
+                              for n in ("lift", "pick_place", "stack")]
+    rd.config_json.write_text(json.dumps(cfg))
+    rd.update_run(skipped_episodes=[{"dataset": "pick_place", "episodes": [0, 3],
+                                     "problems": ["episode 0: timestamps drift"]}],
+                  stats_left_out=["stack: observation.state is not finite"])
+    s = analyze_run(rd.root, write_report=False).summary
+    assert s.config_highlights["data.clients"] == ["lift", "pick_place"]
+    assert "data.skip_bad_episodes dropped episodes [0, 3] of pick_place" in s.notes
+    assert "left out of the merged statistics: stack: observation.state is not finite" \
+        in s.notes
+    res = CliRunner().invoke(app, ["analyze-run", str(rd.root), "--no-write-report"])
+    assert res.exit_code == 0, res.output
+    assert "dropped episodes [0, 3]" in res.output

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from zk0cli.core.rundir import RunDir, read_json
@@ -29,6 +30,7 @@ pytestmark = [
 ]
 
 HOST = "127.0.0.2"
+MARK = "ZK0_MULTISITE_MARK"
 SITES = {"site-a": {"cameras": ("top", "wrist"), "size": 32},
          "site-b": {"cameras": ("front", "side"), "size": 48}}
 POLICY_CAMERAS = ("camera1", "camera2")
@@ -84,7 +86,20 @@ def _in_own_namespace(hidden: list[Path], home: Path, argv: list[str]) -> list[s
     env = ("env -u ZK0_CACHE_DIR -u HF_LEROBOT_HOME -u HF_HOME "
            f"HOME='{home}' XDG_CACHE_HOME='{home}/.cache' XDG_STATE_HOME='{home}/.state'")
     cmd = " ".join(f"'{a}'" for a in argv)
-    return ["unshare", "--mount", "--fork", "sh", "-c", f"{mounts} && exec {env} {cmd}"]
+    # --kill-child: terminating unshare terminates the site (else it lives on, orphaned).
+    return ["unshare", "--mount", "--kill-child=SIGTERM", "sh", "-c",
+            f"{mounts} && exec {env} {cmd}"]
+
+
+def _marked(mark: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get(MARK) == mark and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_writer,
@@ -106,6 +121,8 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
     port = free_port()
     address = f"{HOST}:{port}"
     procs: list[subprocess.Popen] = []
+    mark = f"multisite-{os.getpid()}"
+    marked_env = {**os.environ, MARK: mark}
     logs = tmp_path / "logs"
     logs.mkdir()
     try:
@@ -137,7 +154,7 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
                     "--site-config", str(site["root"] / "site.toml"),
                     "--port", str(free_port()), "--state-dir", str(site["root"] / "state")]
             procs.append(subprocess.Popen(
-                _in_own_namespace(hidden, site["root"] / "home", argv),
+                _in_own_namespace(hidden, site["root"] / "home", argv), env=marked_env,
                 stdout=open(logs / f"{name}.out", "w"), stderr=subprocess.STDOUT))
         time.sleep(2)
         out = coord / "run"
@@ -154,6 +171,14 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+    # Nothing of the sites outlives the test (their SuperNodes, warm ClientApps).
+    deadline = time.monotonic() + 60
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _marked(mark)
+    for p in left:
+        p.kill()
+    assert not left, [" ".join(p.cmdline())[:120] for p in left]
     rd = RunDir.open(out)
     run = rd.read_run()
     assert run["status"] == "completed" and run["engine"] == "deployment"

@@ -153,3 +153,19 @@ def test_a_device_this_machine_lacks_exits_2_before_connecting(tmp_path, so101_r
     text = " ".join(res.output.split())
     assert "device (--device or the site file) = 'cuda' needs a CUDA GPU" in text
     assert "SuperLink" not in res.output and not state.exists()
+
+
+def test_site_problems_name_the_flag_or_the_file_key(tmp_path):
+    """A missing dataset names --dataset; a bad flag names the flag; a bad file value its key."""
+    site = tmp_path / "site.toml"
+    site.write_text('device = "gpu"\n')
+    with pytest.raises(ConfigError) as info:
+        load_site_config(site, {"dataset": None, "num_workers": -1},
+                         flag_names={"dataset": "--dataset", "num_workers": "--workers"})
+    lines = {str(p) for p in info.value.problems}
+    assert "--dataset (or dataset in the site file): required; it is missing" in lines
+    assert any(line.startswith("--workers = -1: ") for line in lines), lines
+    assert any(line.startswith("device = 'gpu': ") for line in lines), lines
+    with pytest.raises(ConfigError) as info:
+        load_site_config(None, {"dataset": None}, flag_names={"dataset": "--dataset"})
+    assert [str(p) for p in info.value.problems] == ["--dataset: required; it is missing"]

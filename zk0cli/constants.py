@@ -36,6 +36,7 @@ NUM_EXAMPLES: Final = "num_examples"
 SECONDS: Final = "seconds"
 DATASET_NAME: Final = "dataset_name"
 CLIENT_ID: Final = "client_id"
+RAY_NODE_ID: Final = "ray_node_id"  # the Ray node a simulated client's round ran on
 ERROR: Final = "error"  # set in the INFO record when a client's round failed
 FAILED: Final = "failed"  # 1.0 in the METRICS record when a client's round failed
 

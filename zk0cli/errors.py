@@ -45,7 +45,13 @@ class FieldProblem:
     rule: str
 
     def __str__(self) -> str:
+        if self.rule == MISSING_RULE and self.value is None:
+            return f"{self.path}: {self.rule}"
         return f"{self.path} = {self.value!r}: {self.rule}"
+
+
+MISSING_RULE = "required; it is missing"
+"""The rule of a required field that was not given (printed without a value)."""
 
 
 def problem_lines(problems: Sequence[object]) -> str:
@@ -158,7 +164,7 @@ def field_problems(
         value: Any = e.get("input")
         if e["type"] == "missing":
             value = None
-            msg = "required; it is missing"
+            msg = MISSING_RULE
         elif e["type"] == "extra_forbidden":
             accepted = _fields_at(model, loc[:-1])
             where = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))

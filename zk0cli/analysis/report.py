@@ -48,7 +48,7 @@ def render_markdown(summary: Summary, plots: Mapping[str, Path] | None = None) -
              f"- **Rounds:** {s.rounds_completed}"
              + (f" of {s.rounds_planned} planned" if s.rounds_planned else ""),
              f"- **Clients:** {', '.join(s.expected_clients) or 'none seen'}; mean participation "
-             f"{fmt(s.participation_pct, 3)}%",
+             + ("n/a" if s.participation_pct is None else f"{fmt(s.participation_pct, 3)}%"),
              f"- **Seconds per round (mean):** {fmt(s.seconds_per_round_mean, 3)}",
              f"- **Latest checkpoint:** {s.latest_checkpoint or 'none'}"]
     if s.privacy:

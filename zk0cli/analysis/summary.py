@@ -66,11 +66,36 @@ def config_highlights(run: RunData) -> dict[str, Any]:
     data = cfg.get("data")
     if not isinstance(data, dict):
         data = {}
+    fed = cfg.get("federation")
+    used = fed.get("num_clients") if isinstance(fed, dict) else None
     for part in ("clients", "eval"):
         specs = data.get(part)
         if isinstance(specs, list):
+            if part == "clients" and isinstance(used, int) and not isinstance(used, bool) \
+                    and 0 < used < len(specs):
+                specs = specs[:used]  # `--clients N` runs the first N
             out[f"data.{part}"] = [s.get("name") for s in specs if isinstance(s, dict)]
     return out
+
+
+def data_notes(info: dict[str, Any]) -> list[str]:
+    """What ``run.json`` says was left out of the training data or the statistics.
+
+    Args:
+        info: The run's ``run.json`` contents (``{}`` when it has none).
+
+    Returns:
+        One line per dataset with episodes dropped by ``data.skip_bad_episodes`` and one
+        per client left out of the merged statistics.
+    """
+    notes = []
+    for entry in info.get(RUN.skipped_episodes) or []:
+        if isinstance(entry, dict) and entry.get("episodes"):
+            notes.append(f"data.skip_bad_episodes dropped episodes {entry['episodes']} of "
+                         f"{entry.get('dataset')}")
+    for line in info.get(RUN.stats_left_out) or []:
+        notes.append(f"left out of the merged statistics: {line}")
+    return notes
 
 
 def _status_note(run: RunData, rounds_completed: int, planned: int | None) -> str:
@@ -161,7 +186,8 @@ def summarize(run: RunData, findings: list[Finding]) -> Summary:
     return Summary(
         run_dir=run.root, run_name=run.root.name, format=run.format, status=run.status,
         status_note=_status_note(run, completed, planned if isinstance(planned, int) else None),
-        notes=run.notes, run={k: info[k] for k in run_keys if k in info},
+        notes=[*run.notes, *data_notes(info)],
+        run={k: info[k] for k in run_keys if k in info},
         config_highlights=config_highlights(run),
         rounds_planned=planned if isinstance(planned, int) else None,
         rounds_completed=completed, expected_clients=expected_clients(run),

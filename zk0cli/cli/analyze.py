@@ -60,7 +60,8 @@ def render_analysis(analysis: RunAnalysis, console: Console, *, max_rounds: int 
     over.add_row("rounds", f"{s.rounds_completed}"
                  + (f" of {s.rounds_planned}" if s.rounds_planned else ""))
     over.add_row("clients", f"{', '.join(s.expected_clients) or 'none seen'} "
-                 f"(mean participation {_fmt(s.participation_pct, 3)}%)")
+                 "(mean participation " + ("n/a)" if s.participation_pct is None
+                                          else f"{_fmt(s.participation_pct, 3)}%)"))
     over.add_row("seconds/round", _fmt(s.seconds_per_round_mean, 3))
     over.add_row("latest checkpoint", s.latest_checkpoint or "none")
     for key, value in s.config_highlights.items():

@@ -223,7 +223,7 @@ def supernode_cmd(
         site = load_site_config(site_config, {
             "dataset": dataset, "dataset_root": dataset_root, "device": device,
             "num_workers": workers, "cache_dir": cache_dir, "client_id": client_id,
-            "rename_map": _rename_map(rename)})
+            "rename_map": _rename_map(rename)}, flag_names=_SITE_FLAGS)
         state = (state_dir or D.default_state_dir("supernode")).absolute()
 
         def ready() -> None:
@@ -237,6 +237,12 @@ def supernode_cmd(
             console.print("SuperNode stopped.")
             code = 0
     raise typer.Exit(code)
+
+
+# How the site settings given as `zk0 train supernode` flags are spelled there.
+_SITE_FLAGS = {"dataset": "--dataset", "dataset_root": "--dataset-root", "device": "--device",
+               "num_workers": "--workers", "cache_dir": "--cache-dir",
+               "client_id": "--client-id", "rename_map": "--rename"}
 
 
 def _rename_map(items: list[str] | None) -> dict[str, str] | None:

@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from zk0cli.errors import ConfigError, FieldProblem, field_problems
 
@@ -313,6 +320,35 @@ class FederationConfig(_Section):
         None, ge=1, description="Simulated clients training at once; None = as many as the "
         "CPUs allow (CPUs // client_cpus)."
     )
+    # --- simulation on an existing Ray cluster (issue #24) ---
+    ray_address: str | None = Field(
+        None, description="Ray cluster the simulated clients run on: None = a private local "
+        "Ray that zk0 starts and stops; `auto` (the cluster `ray start` recorded on this "
+        "machine) or `HOST:PORT` (the head node's GCS address) = an existing cluster, left "
+        "running; see docs/deployment.md#simulation-on-a-ray-cluster."
+    )
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        host, sep, port = v.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"ray_address must be `auto` or `HOST:PORT` (the head node's "
+                             f"address from `ray start --head`), got {v!r}")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _ray_cluster_parallelism(self) -> FederationConfig:
+        if self.ray_address is not None and self.max_parallel_clients is not None:
+            raise ValueError(
+                f"max_parallel_clients ({self.max_parallel_clients}) cannot be combined with "
+                f"ray_address ({self.ray_address!r}): a running Ray cluster's CPUs are fixed by "
+                "its `ray start --num-cpus`; lower the parallelism there or raise "
+                "federation.client_cpus")
+        return self
+    # --- end ray_address ---
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -604,12 +640,17 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def load_site_config(path: Path | None, fields: Mapping[str, Any]) -> SiteConfig:
+def load_site_config(path: Path | None, fields: Mapping[str, Any],
+                     flag_names: Mapping[str, str] | None = None) -> SiteConfig:
     """A site's settings: the site file (TOML or JSON), then flags given on the command line.
 
     Args:
         path: The ``--site-config`` file, or ``None``.
         fields: Flag values (``None`` values are ignored).
+        flag_names: How each field of ``fields`` is spelled on the command line
+            (``{"dataset": "--dataset"}``). A problem with a value given by flag names the
+            flag; a missing required field names the flag (and the site file's key when
+            there is a site file); a problem with a value from the file names its key.
 
     Returns:
         The validated settings.
@@ -620,10 +661,16 @@ def load_site_config(path: Path | None, fields: Mapping[str, Any]) -> SiteConfig
     """
     data: dict[str, Any] = dict(read_config_file(path, flag="--site-config")) if path else {}
     data.update({k: v for k, v in fields.items() if v is not None})
+    names: dict[str, str] = {}
+    for key, flag in (flag_names or {}).items():
+        if fields.get(key) is not None:
+            names[key] = flag
+        elif key not in data:
+            names[key] = f"{flag} (or {key} in the site file)" if path else flag
     try:
         return SiteConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(field_problems(err, data=data, model=SiteConfig),
+        raise ConfigError(field_problems(err, data=data, model=SiteConfig, names=names),
                           source=str(path) if path else "flags",
                           hint="Fix the site file or the flags; see the site file section "
                           "of docs/configuration.md.") from None

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from zk0cli.core.config import RunConfig
     from zk0cli.engine.deploy_options import ConnectionOptions, LocalTrialOptions
     from zk0cli.engine.prepare import PreparedData
+    from zk0cli.engine.raycluster import ClusterResources
     from zk0cli.engine.runs import ProgressFn
 
 #: Runs the Flower run with a progress callback; returns the final ``run.json`` status.
@@ -175,6 +176,28 @@ def _check_resources(cfg: RunConfig, ui: RunDisplay, *, simulation: bool) -> Non
         ui.info(f"warning: {warning}")
 
 
+def _ray_cluster(cfg: RunConfig, ui: RunDisplay) -> ClusterResources | None:
+    """Pre-flight for ``federation.ray_address``: the running cluster's nodes, checked.
+
+    Returns:
+        The cluster's alive nodes, or ``None`` for zk0's private local Ray.
+
+    Raises:
+        UsageError: No cluster answers at the address, or no node can hold one client
+            (:func:`~zk0cli.engine.raycluster.check_cluster`).
+    """
+    address = cfg.federation.ray_address
+    if address is None:
+        return None
+    from zk0cli.engine.raycluster import check_cluster, query_cluster
+
+    with ui.status(f"reading the Ray cluster at {address}..."):
+        cluster = query_cluster(address)
+    check_cluster(cluster, cfg.federation.client_cpus, cfg.federation.client_gpus)
+    ui.info(cluster.describe())
+    return cluster
+
+
 def _config_and_run(req: RunRequest, ui: RunDisplay) -> tuple[RunDir | None, RunConfig]:
     if req.resume is not None:
         return open_resume(req, ui)
@@ -229,17 +252,18 @@ def simulate(req: RunRequest, ui: RunDisplay, *, config: RunConfig | None = None
         else _config_and_run(req, ui)
     if rundir is None:
         _check_resources(cfg, ui, simulation=True)
+    cluster = _ray_cluster(cfg, ui)
     with ui.status("preparing datasets...") as update:
         prepared = prepare_datasets(cfg, on_dataset=lambda n: update(
             f"preparing dataset {n}..."))
     rundir = _create(req, cfg, rundir, "simulation")
     _record_skipped(rundir, prepared, ui)
-    par = parallelism(cfg)
+    par = parallelism(cfg, cluster=cluster)
     ui.info(f"run directory: {rundir.root}")
     ui.info(f"{cfg.num_clients} clients, {cfg.federation.rounds} round(s); {par.describe()}")
     run = rundir
     status = ui.follow(cfg, run, lambda on_progress: run_simulation(
-        cfg, run, on_progress=on_progress))
+        cfg, run, on_progress=on_progress, cluster=cluster))
     return _finish(run, status)
 
 

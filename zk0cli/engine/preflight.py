@@ -86,13 +86,18 @@ def check_resources(config: RunConfig, *, simulation: bool = True,
 
     Raises:
         UsageError: ``federation.client_cpus`` exceeds the cores, or CUDA is required
-            (``federation.client_gpus > 0`` or ``model.device = "cuda"``) and absent.
+            (``federation.client_gpus > 0`` or ``model.device = "cuda"``) and absent
+            (the client resources only for the private local Ray: with
+            ``federation.ray_address`` the cluster's nodes are checked instead).
     """
     fed = config.federation
     cores = cpu_count() or 1
     needs_gpu = [f"model.device = {config.model.device!r}"] if config.model.device == "cuda" \
         else []
-    if simulation and fed.client_gpus > 0:
+    # On a Ray cluster (federation.ray_address) the cluster's nodes hold the clients, not
+    # this machine: zk0cli.engine.raycluster.check_cluster checks them before launch.
+    local_ray = simulation and fed.ray_address is None
+    if local_ray and fed.client_gpus > 0:
         needs_gpu.append(f"federation.client_gpus = {fed.client_gpus:g}")
     if needs_gpu and gpu_count() == 0:
         raise UsageError(
@@ -100,7 +105,7 @@ def check_resources(config: RunConfig, *, simulation: bool = True,
             "machine (torch.cuda.is_available() is False). Use model.device = 'auto' or "
             "'cpu' and federation.client_gpus = 0, or run on a machine with CUDA.")
     check_device(config.model.device, field="model.device", gpu_count=gpu_count)
-    if simulation and fed.client_cpus > cores:
+    if local_ray and fed.client_cpus > cores:
         raise UsageError(
             f"federation.client_cpus = {fed.client_cpus} but this machine has {cores} CPU "
             f"core(s): no simulated client could ever start. Use federation.client_cpus "

@@ -10,6 +10,11 @@ however it went (SIGKILL, the OOM killer, SIGHUP of its terminal), SIGKILLs ever
 carrying the token until none is left, then exits. Bound: the run's processes are gone
 within a few seconds of the owner, always within :data:`~zk0cli.constants.OWNER_GONE_BOUND_S`.
 
+On a Ray cluster zk0 did not start (``federation.ray_address``) only ``flwr-simulation``,
+the run's Ray driver, carries the token: the cluster's GCS, raylets and worker processes
+were started by ``ray start`` with the environment of whoever ran it, so they are never
+found here; Ray itself removes the driver's client actors once the driver is gone.
+
 Run as ``python -m zk0cli.engine.watchdog PID CREATE_TIME TOKEN [FOLDER...]``.
 """
 

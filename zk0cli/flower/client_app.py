@@ -294,6 +294,11 @@ def _update_reply(msg: Message, client_id: str, tensors: dict[str, Any],
     numbers[K.NUM_EXAMPLES_KEY] = int(metrics[K.NUM_EXAMPLES])
     strings: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, str)}
     strings[K.CLIENT_ID] = client_id
+    from zk0cli.engine.raycluster import ray_node_id
+
+    node = ray_node_id()  # simulation: which node of the Ray cluster ran this round
+    if node is not None:
+        strings[K.RAY_NODE_ID] = node
     content = RecordDict({
         K.ARRAYS_KEY: to_array_record(tensors, transport_dtype=transport_dtype),
         K.METRICS_KEY: MetricRecord(numbers),

@@ -261,10 +261,22 @@ class RunRecord(_Record):
     tracking: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Tracker name -> what the tracker recorded "
         "(e.g. the W&B run id, mode and sync command); see docs/tracking.md.")
+    # --- Ray cluster of a simulation (issue #24) ---
+    ray_cluster: dict[str, Any] | None = Field(
+        None, description="Simulation: the Ray the clients ran on, as read before launch: "
+        "`address` (`federation.ray_address`; `None` = zk0's private local Ray), total "
+        "`cpus` and `gpus`, and `nodes` (`node_id`, `address`, `cpus`, `gpus`, `resources`; "
+        "`node_id` is `None` for the private Ray, which did not exist yet).")
+    ray_client_nodes: dict[str, list[str]] = Field(
+        default_factory=dict, description="Simulation: client id -> the Ray node ids its "
+        "training rounds ran on (each client's `ray_node_id` in the round files).")
+    # --- end Ray cluster ---
+    # --- differential privacy (issue #21) ---
     privacy: dict[str, Any] | None = Field(
         None, description="With `privacy.mode = \"central\"`: `mode`, `clipping_norm`, "
         "`noise_multiplier`, `delta`, `max_epsilon`, `population`, `sample_size`, "
         "`rounds_charged` and `epsilon` after the last recorded round; see docs/privacy.md.")
+    # --- end differential privacy ---
 
 
 def read_run_record(raw: Any) -> RunRecord:
@@ -303,6 +315,8 @@ class ClientMetrics(_Record):
     grad_norm: float | None = Field(None, description="Gradient L2 norm before clipping, mean.")
     param_update_norm: float | None = Field(None, description="‖w_end − w_start‖.")
     param_hash: str | None = Field(None, description="SHA-256 of the tensors sent.")
+    ray_node_id: str | None = Field(
+        None, description="Simulation: the Ray node (hex id) whose actor ran this round.")
     num_steps: int | float | None = Field(None, description="Local optimizer steps.")
     num_examples: int | float | None = Field(None, description="Frames trained on.")
     lr: float | None = Field(None, description="Learning rate of the last local step.")
