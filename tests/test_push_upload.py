@@ -196,11 +196,17 @@ def test_existing_tag_is_refused_before_uploading(online: None, run: RunDir) -> 
 def test_offline_mode_is_an_error_not_a_silent_success(
     online: None, run: RunDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Offline mode is a precondition like the token (exit 2, nothing sent); without a
+    token both problems are named at once."""
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with LocalHub() as hub:
         result = push(str(run.root), "--repo-id", REPO, "--endpoint", hub.url)
-    assert result.exit_code == 1
-    assert "HF_HUB_OFFLINE" in result.output
+        monkeypatch.delenv("HF_TOKEN")  # and no stored login (the `online` fixture)
+        both = push(str(run.root), "--repo-id", REPO, "--endpoint", hub.url)
+    assert result.exit_code == 2, result.output
+    assert "HF_HUB_OFFLINE" in result.output and "Nothing was uploaded" in result.output
+    assert both.exit_code == 2, both.output
+    assert "No Hugging Face token" in both.output and "HF_HUB_OFFLINE" in both.output
     assert hub.state.requests == []
 
 

@@ -165,3 +165,14 @@ def test_max_parallel_clients_cannot_cap_a_running_cluster():
     with pytest.raises(ConfigError, match="max_parallel_clients .* cannot be combined with "
                        "ray_address"):
         _cfg("federation.max_parallel_clients=2")
+
+
+def test_a_closed_port_is_refused_at_once_without_starting_ray():
+    from zk0cli.engine.flwr_proc import free_port
+    from zk0cli.engine.raycluster import query_cluster
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(UsageError) as info:
+        query_cluster(address, timeout_s=1)  # the TCP check answers before this timeout
+    assert f"federation.ray_address = {address!r}" in str(info.value)
+    assert "Connection refused" in str(info.value)

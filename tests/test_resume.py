@@ -77,11 +77,22 @@ def test_owner_killed_or_hung_up_then_resume_equals_uninterrupted_run(tmp_path):
     """SIGKILL of only the zk0 process, then SIGHUP of the resume: nothing outlives the
     owner, nothing writes the run afterwards, a live owner refuses a second writer, and the
     twice-interrupted run ends bitwise equal to an uninterrupted one."""
-    full = tmp_path / "full"
-    res = CliRunner().invoke(app, ["simulate", *ARGS, "--out", str(full)])
-    assert res.exit_code == 0, res.output
+    full = tmp_path / "full"  # the uninterrupted reference, beside the interrupted run
+    reference = subprocess.Popen([sys.executable, "-m", "zk0cli", "simulate", *ARGS, "--out",
+                                  str(full)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        _interrupt_and_resume(tmp_path / "cut")
+        out, _ = reference.communicate(timeout=900)
+        assert reference.returncode == 0, out.decode()[-3000:]
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+    _assert_equal_runs(full, tmp_path / "cut")
 
-    cut = tmp_path / "cut"
+
+def _interrupt_and_resume(cut):
+    """SIGKILL the owner after round 1, resume, SIGHUP it after round 2, resume to the end."""
     mark = f"resume-{os.getpid()}"
     proc = _start_marked([*ARGS, "--out", str(cut)], mark)
     _wait_for_latest(proc, cut, "checkpoint_round_1")
@@ -112,7 +123,11 @@ def test_owner_killed_or_hung_up_then_resume_equals_uninterrupted_run(tmp_path):
     res = CliRunner().invoke(app, ["simulate", "--resume", str(cut)])
     assert res.exit_code == 0, res.output
     assert "resuming" in res.output
+    assert marked_processes(mark) == [] and marked_processes(mark2) == []
 
+
+def _assert_equal_runs(full, cut):
+    """The twice-interrupted run ends bitwise equal to the uninterrupted one."""
     a, b = RunDir(full), RunDir(cut)
     ta = load_file(a.checkpoint(6) / "model.safetensors")
     tb = load_file(b.checkpoint(6) / "model.safetensors")
@@ -138,7 +153,6 @@ def test_owner_killed_or_hung_up_then_resume_equals_uninterrupted_run(tmp_path):
     assert run["status"] == "completed" and run["resumes"][0]["from_round"] == 1
     assert len(run["resumes"]) == 2 and run["resumes"][1]["from_round"] >= 2
     assert b.server_eval_rounds() == [0, 1, 2, 3, 4, 5, 6]
-    assert marked_processes(mark) == [] and marked_processes(mark2) == []
 
 
 def _fake_policy(directory):

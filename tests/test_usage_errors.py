@@ -73,3 +73,21 @@ def test_unknown_nested_key_lists_what_the_section_accepts():
 def test_flag_spelling_and_missing_value():
     (p,) = _problems({"dry_run": "maybe"}, flags=True)
     assert p.startswith("--dry-run = 'maybe': ")
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["config", "show", "--preset", "tiny", "--set", 'data.clients=["lift","push"]'],
+     ["in the --set overrides", "data.clients[0] = 'lift': must be a table, e.g. "
+      '{source = "sim", name = "lift"}']),
+    (["config", "show", "--preset", "foo"],
+     ["--preset = 'foo': must be one of so100, tiny", "your own TOML file with --config"]),
+    (["train", "supernode", "--superlink", "nohostport", "--insecure"],
+     ["--superlink = 'nohostport'", "See `zk0 train supernode --help`"]),
+])
+def test_messages_name_where_the_value_came_from_and_the_accepted_form(args, expected):
+    res = _invoke(args)
+    out = _flat(res.output)
+    assert res.exit_code == 2, res.output
+    for text in expected:
+        assert text in out, res.output
+    assert "DatasetSpec" not in out  # pydantic's class names are not the user's words

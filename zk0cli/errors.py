@@ -63,6 +63,12 @@ def problem_lines(problems: Sequence[object]) -> str:
 
 # --- the one converter from pydantic validation errors to field problems -------------------
 
+_INSTANCE_OF = re.compile(r"valid dictionary or instance of (\w+)")
+# What a user writes for a section that is a list of tables (pydantic names the class).
+_TABLE_EXAMPLES = {
+    "DatasetSpec": '{source = "sim", name = "lift"} (in --set: '
+                   'data.clients=[{source="sim",name="lift"},{source="sim",name="push"}])',
+}
 _FIELD_IN_MESSAGE = re.compile(r"^(?P<field>[a-z_]+(?:\.[a-z_]+)*)\b")
 _MISSING = object()
 
@@ -165,6 +171,8 @@ def field_problems(
         if e["type"] == "missing":
             value = None
             msg = MISSING_RULE
+        elif (m := _INSTANCE_OF.search(msg)) and m.group(1) in _TABLE_EXAMPLES:
+            msg = f"must be a table, e.g. {_TABLE_EXAMPLES[m.group(1)]}"
         elif e["type"] == "extra_forbidden":
             accepted = _fields_at(model, loc[:-1])
             where = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
@@ -382,11 +390,11 @@ class DeploymentOptionsError(UsageError):
         problems: Every offending option, not only the first one found.
     """
 
-    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+    def __init__(self, problems: Sequence[FieldProblem], *, command: str = "zk0 train") -> None:
         self.problems = list(problems)
         super().__init__(
             f"Invalid options {problem_lines(self.problems)}\nNothing was started. "
-            "See `zk0 train --help` and docs/deployment.md."
+            f"See `{command} --help` and docs/deployment.md."
         )
 
 

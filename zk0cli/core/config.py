@@ -743,7 +743,10 @@ def load_config(
     except ConfigError as err:
         given = {k for k, v in (flags or {}).items() if v is not None}
         set_paths = {o.split("=", 1)[0].strip() for o in overrides}
-        if set_paths and all(p.path in set_paths for p in err.problems):  # --set alone
+        def from_set(path: str) -> bool:  # the field, or an item or key under it, was --set
+            return any(path == s or path.startswith((s + ".", s + "[")) for s in set_paths)
+
+        if set_paths and all(from_set(p.path) for p in err.problems):  # --set alone
             raise ConfigError(err.problems, source="the --set overrides") from None
         if not given & {p.path for p in err.problems}:
             raise

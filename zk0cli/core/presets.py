@@ -73,6 +73,7 @@ def get_preset(name: str) -> dict[str, Any]:
     """
     if name not in _PRESETS:
         raise ConfigError(
-            [FieldProblem("--preset", name, f"must be one of {', '.join(PRESET_NAMES)}")]
-        )
+            [FieldProblem("--preset", name, f"must be one of {', '.join(PRESET_NAMES)}")],
+            hint="Pick one of these presets, or give your own TOML file with --config "
+                 "(examples/ holds commented copies of both presets).")
     return copy.deepcopy(_PRESETS[name])

@@ -216,4 +216,10 @@ def validate_options[M: BaseModel](model: type[M], **values: Any) -> M:
         return model.model_validate(values)
     except ValidationError as err:
         problems = field_problems(err, data=values, model=model, names=_FLAGS, flags=True)
-        raise DeploymentOptionsError(problems) from None
+        raise DeploymentOptionsError(problems, command=_COMMANDS.get(model.__name__, "zk0 train")
+                                     ) from None
+
+
+# The command whose --help lists each options model's flags.
+_COMMANDS = {"SuperLinkOptions": "zk0 train superlink", "SuperNodeOptions": "zk0 train supernode",
+             "RegisterOptions": "zk0 train register"}

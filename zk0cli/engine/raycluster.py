@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -177,6 +178,12 @@ def query_cluster(address: str, *, timeout_s: float = QUERY_TIMEOUT_S) -> Cluste
     Raises:
         UsageError: No cluster answers at ``address`` (the message has Ray's reason).
     """
+    if address != "auto":  # a closed port is refused at once: no need to wait for Ray
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except (OSError, ValueError) as err:
+            raise UsageError(_unreachable(address, f"{type(err).__name__}: {err}")) from None
     env = {**os.environ, RAY_ADDRESS_ENV: address}
     try:
         res = subprocess.run([sys.executable, "-m", "zk0cli.engine.raycluster", address],

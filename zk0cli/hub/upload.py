@@ -305,18 +305,24 @@ def upload_checkpoint(plan: PushPlan, *, token: str | None = None) -> PushResult
         The repository, commit and tag.
 
     Raises:
-        HubAuthError: No token (before anything is sent).
-        HubError: Offline mode is on, the tag already exists (before the upload), or the
+        HubAuthError: No token (before anything is sent; the message also says when offline
+            mode is on).
+        UsageError: Offline mode (``HF_HUB_OFFLINE``) is on; nothing is sent.
+        HubError: The tag already exists (before the upload), or the
             Hub refused or failed a request (the step is named; the token is not).
     """
     from huggingface_hub import HfApi, constants
 
     from zk0cli import __version__
 
-    token = token or resolve_token()
-    if constants.is_offline_mode():
-        raise HubError("HF_HUB_OFFLINE is set, so huggingface_hub refuses every request; unset "
-                       "it to push. Nothing was uploaded.")
+    offline = ("HF_HUB_OFFLINE is set, so huggingface_hub refuses every request; unset it "
+               "to push." if constants.is_offline_mode() else None)
+    try:
+        token = token or resolve_token()
+    except HubAuthError as err:  # both preconditions fail: say both at once
+        raise HubAuthError(f"{err} Also: {offline}" if offline else str(err)) from None
+    if offline:
+        raise UsageError(f"{offline} Nothing was uploaded.")
     repo_id, options = plan.options.repo_id, plan.options
     api = HfApi(endpoint=plan.endpoint, token=token, library_name="zk0cli",
                 library_version=__version__)
