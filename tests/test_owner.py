@@ -21,7 +21,8 @@ from zk0cli.errors import RunOwnedError
 # processes carrying its token (one in its own session, as flwr-simulation and Ray are),
 # prints their pids and waits to be killed.
 OWNER = textwrap.dedent("""
-    import subprocess, sys, time
+    import signal, subprocess, sys, time
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a nohup'd parent passes SIGHUP ignored
     from pathlib import Path
     from zk0cli.core.owner import claim
     from zk0cli.engine.flwr_proc import flower_env

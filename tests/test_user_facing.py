@@ -317,3 +317,30 @@ def test_heldout_larger_than_a_simulator_dataset_is_refused_before_generating(tm
     monkeypatch.chdir(tmp_path)
     _refused(["simulate", "--preset", "tiny", "--set", "data.heldout_episodes=100"], tmp_path,
              "data.heldout_episodes = 100", "leaves none")
+
+
+def test_a_run_flower_failed_names_the_cause_from_the_server_log(tmp_path):
+    """Ray's start-up failure (only in server.log) reaches run.json's error, in words the
+    suite's one targeted rerun (pyproject's --only-rerun) matches."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from zk0cli.engine.runs import last_exception
+
+    log = tmp_path / "server.log"
+    log.write_text(
+        "2026-12-02 20:40:53,859 ERROR flwr: An exception occured!! The current node timed "
+        "out during startup.\nTraceback (most recent call last):\n  File \"node.py\"\n"
+        "Exception: The current node timed out during startup. This could happen because "
+        "some of the raylet failed to startup or the GCS has become overloaded.\n\n"
+        "RuntimeError: Simulation Runtime crashed.\n"
+        "RuntimeError: An error was encountered. Ending simulation.\n")
+    cause = last_exception(log)
+    assert cause is not None and cause.startswith("Exception: The current node timed out")
+    assert last_exception(tmp_path / "missing.log") is None
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    opts = project["tool"]["pytest"]["ini_options"]
+    pattern = re.search(r'--only-rerun "([^"]+)"', opts["addopts"]).group(1)
+    assert re.search(pattern, cause) and re.search(pattern, cause.replace(" ", "\n  "))
+    assert not re.search(pattern, "AssertionError: run failed: injected client failure")

@@ -182,8 +182,9 @@ def query_cluster(address: str, *, timeout_s: float = QUERY_TIMEOUT_S) -> Cluste
         host, _, port = address.rpartition(":")
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
-        except (OSError, ValueError) as err:
-            raise UsageError(_unreachable(address, f"{type(err).__name__}: {err}")) from None
+        except (OSError, ValueError) as refused:
+            raise UsageError(_unreachable(address, f"{type(refused).__name__}: {refused}")
+                             ) from None
     env = {**os.environ, RAY_ADDRESS_ENV: address}
     try:
         res = subprocess.run([sys.executable, "-m", "zk0cli.engine.raycluster", address],

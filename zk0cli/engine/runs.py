@@ -151,13 +151,34 @@ def follow_run(
                 prog = progress_of(rundir, fed.rounds, t0)
                 if prog.status in FINAL_STATUSES:
                     return prog.status
+                cause = last_exception(rundir.server_log)
                 return _fail(rundir, f"Flower reports the run {status} but the ServerApp "
-                             f"wrote no final status; see {rundir.server_log} and "
-                             f"{rundir.logs_dir}/")
+                             "wrote no final status" + (f" ({cause})" if cause else "")
+                             + f"; see {rundir.server_log} and {rundir.logs_dir}/")
         if now > deadline:
             stop_run(home, run_id)
             return _fail(rundir, f"the run exceeded its time limit ({deadline - t0:.0f} s)")
         time.sleep(poll_s)
+
+
+def last_exception(log: Path) -> str | None:
+    """The first ``Exception: ...`` line of a Flower log, e.g. Ray's start-up failure.
+
+    Args:
+        log: ``server.log`` of a run (may be missing).
+
+    Returns:
+        The line without the log prefix (at most 300 characters), or ``None``.
+    """
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("Exception: ", "RuntimeError: ")) and "Ending simulation" not in line \
+                and "Runtime crashed" not in line:
+            return line[:300]
+    return None
 
 
 def _fail(rundir: RunDir, error: str) -> str:
