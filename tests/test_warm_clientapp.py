@@ -4,6 +4,7 @@ Its SuperNode here is a stand-in process (any pid): the warm ClientApp only need
 pid to watch and an address to poll; the federation tests run it against real SuperNodes.
 """
 
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +38,10 @@ def test_command_names_the_supernodes_port_and_pid():
 
 
 def test_restarted_when_it_dies_and_gone_when_its_supernode_dies(tmp_path):
+    """Also when started with SIGINT ignored (a backgrounded shell job), which once kept it
+    alive after its SuperNode died: Flower's parent monitor signals with SIGINT."""
     node = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the ClientApps
     started, replaced = [], []
     warm = WarmClientApp(node, free_port(), env=flower_env(), log_path=tmp_path / "node.log",
                          on_start=started.append, on_replace=replaced.append)
@@ -60,6 +64,7 @@ def test_restarted_when_it_dies_and_gone_when_its_supernode_dies(tmp_path):
         _wait(lambda: not _alive(second), 60)
         assert warm.ensure() is True and warm.proc is second  # no SuperNode: no restart
     finally:
+        signal.signal(signal.SIGINT, ignored)
         node.kill()
         warm.stop()
         node.wait(10)

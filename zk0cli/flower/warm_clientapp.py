@@ -218,6 +218,10 @@ def serve(address: str, *, poll_s: float = DEFAULT_POLL_S, parent_pid: int | Non
     from flwr.supercore.constant import TaskType
 
     if parent_pid is not None:
+        # Flower's monitor raises SIGINT here when the SuperNode is gone. A process started
+        # from a background shell job inherits SIGINT ignored, and Python then installs no
+        # handler, so the signal would be lost and this process would outlive its node.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         start_parent_process_monitor(parent_pid)  # SIGINT to this process when it is gone
     client = _client(address, _COMPONENT_EXECUTOR)
     done = 0
