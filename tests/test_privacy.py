@@ -256,13 +256,7 @@ def test_a_site_refuses_a_round_that_breaks_its_limit_and_the_server_records_why
                   metadata=Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=7,
                                     reply_to_message_id="", group_id="1", created_at=0.0,
                                     ttl=600.0, message_type="train"))
-    site = SiteConfig.model_validate({"dataset": "zk0test/so101", "dataset_root": so101_root,
-                                      "device": "cpu", "client_id": "lab-a",
-                                      "privacy": {"max_epsilon": 8.0}})
-    path = tmp_path / "site.json"
-    path.write_text(site.model_dump_json())
-    context = Context(run_id=1, node_id=7, node_config={K.NODE_SITE_CONFIG_KEY: str(path)},
-                      state=RecordDict(), run_config={})
+    context = _site_context(tmp_path, so101_root, "lab-a", {"max_epsilon": 8.0})
     client_app._CACHE.clear()
     answer = client_app.train(msg, context)
     info = answer.content.config_records[K.INFO_KEY]
@@ -310,13 +304,7 @@ def test_the_join_check_reports_a_site_limit_before_round_1(tmp_path, make_bundl
                                                 "model.device=cpu"])
     instr = run_instruction(cfg, input_features=features_of(bundle.policy.config), stats=None,
                             simulation=False)
-    site = SiteConfig.model_validate({"dataset": "zk0test/so101", "dataset_root": so101_root,
-                                      "device": "cpu", "client_id": "lab-b",
-                                      "privacy": {"max_clipping_norm": 1.0}})
-    path = tmp_path / "site.json"
-    path.write_text(site.model_dump_json())
-    context = Context(run_id=1, node_id=7, node_config={K.NODE_SITE_CONFIG_KEY: str(path)},
-                      state=RecordDict(), run_config={})
+    context = _site_context(tmp_path, so101_root, "lab-b", {"max_clipping_norm": 1.0})
     query = Message(RecordDict({K.CONFIG_KEY: ConfigRecord(encode(instr))}),
                     metadata=Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=7,
                                       reply_to_message_id="", group_id="1", created_at=0.0,
@@ -329,3 +317,14 @@ def test_the_join_check_reports_a_site_limit_before_round_1(tmp_path, make_bundl
     assert report.problems == [
         "refused by the site's privacy limits: site limit privacy.max_clipping_norm = 1: "
         "the run's privacy.clipping_norm is 3"]
+
+
+def _site_context(tmp_path, root, client_id, limits):
+    """A deployed client's Flower context: its site file (node 7) with these privacy limits."""
+    site = SiteConfig.model_validate({"dataset": "zk0test/so101", "dataset_root": root,
+                                      "device": "cpu", "client_id": client_id,
+                                      "privacy": limits})
+    path = tmp_path / "site.json"
+    path.write_text(site.model_dump_json())
+    return Context(run_id=1, node_id=7, node_config={K.NODE_SITE_CONFIG_KEY: str(path)},
+                   state=RecordDict(), run_config={})
