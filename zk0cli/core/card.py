@@ -317,6 +317,23 @@ def _privacy_text(config: dict[str, Any], round_eval: Any) -> str:
             f"multiplier {_fmt(priv.get('noise_multiplier'))}; see zk0's docs/privacy.md")
 
 
+def _finetuning_text(model: dict[str, Any]) -> str:
+    """The card's fine-tuning line: the LoRA settings, or the full action expert."""
+    peft = model.get("peft")
+    if not peft:
+        return "full action expert (no LoRA)"
+    targets = peft.get("target_modules")
+    where = ("LeRobot's SmolVLA default modules" if targets is None
+             else f"modules `{targets}`")
+    how = ("FFA-LoRA: A frozen at its seeded initialisation, B trained and averaged "
+           "(exact)" if peft.get("aggregation") == "ffa"
+           else "A and B trained and averaged separately (naive, biased)")
+    return (f"LoRA rank {peft.get('rank')}, alpha {_fmt(peft.get('alpha'))}, dropout "
+            f"{_fmt(peft.get('dropout'))}, on {where}; "
+            f"{how}; merged into the weights of this checkpoint (the adapter is in "
+            "`adapter/`)")
+
+
 def with_repo_id(card_text: str, repo_id: str) -> str:
     """A card written at checkpoint time, with the ``<user>/<model>`` placeholder filled in.
 
@@ -409,6 +426,7 @@ def build_model_card(
         proximal_mu=_fmt(federation.get("proximal_mu")),
         seed=config.get("seed", _MISSING if run.seed is None else run.seed),
         privacy_text=_privacy_text(config, round_eval),
+        finetuning_text=_finetuning_text(model),
         partition=data.get("partition", _MISSING),
         clients=clients,
         eval_datasets=eval_datasets,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,50 @@ SIM_TASKS: tuple[str, ...] = ("lift", "pick_place", "stack", "push")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class PeftConfig(_Section):
+    """LoRA adapters on the policy: only the adapters train, so only they travel.
+
+    Built with the ``peft`` package (``LoraConfig`` + ``get_peft_model``, as LeRobot's own
+    ``--peft.method_type=LORA`` does); the target modules default to LeRobot's SmolVLA
+    PEFT defaults (the action expert's q/v projections and the state/action projections).
+    """
+
+    method: Literal["lora"] = Field("lora", description="PEFT method (LoRA only).")
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (LeRobot's default 16).")
+    alpha: float = Field(
+        16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] | None = Field(
+        None,
+        description="Module names (a list of name suffixes, or one regular expression "
+        "matched against full module names) that get adapters; None uses LeRobot's "
+        "SmolVLA defaults.",
+    )
+    aggregation: Literal["ffa", "naive"] = Field(
+        "ffa",
+        description="`ffa` (FFA-LoRA, Sun et al. 2024): every A matrix stays frozen at its "
+        "seeded initialisation, shared by all sites, and only B trains and travels, so "
+        "the average of the B's is exactly the average of the sites' weight updates B·A; "
+        "`naive`: A and B both train and are averaged separately (biased: "
+        "mean(B)·mean(A) != mean(B·A)); kept for comparison.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _check_targets(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str):
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression ({err})") from err
+            if not value:
+                raise ValueError("must not be empty (None uses LeRobot's defaults)")
+        elif value is not None and (not value or any(not v for v in value)):
+            raise ValueError("a list of non-empty module names is required "
+                             "(None uses LeRobot's defaults)")
+        return value
 
 
 class ModelConfig(_Section):
@@ -66,6 +111,9 @@ class ModelConfig(_Section):
     train_expert_only: bool = Field(
         True, description="SmolVLA default: train the action expert only."
     )
+    peft: PeftConfig | None = Field(
+        None, description="LoRA fine-tuning (a `[model.peft]` table); None trains the "
+        "full action expert.")
 
     @model_validator(mode="before")
     @classmethod

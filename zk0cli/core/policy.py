@@ -13,14 +13,16 @@ the normalisation statistics of the data being used (never silently without them
 the configured camera rename map as the pipeline's first step. Which tensors train, and
 therefore travel between server and clients, is defined once, by
 :func:`trainable_parameter_names` (SmolVLA's default freezing: action expert and
-projections).
+projections), or, with ``model.peft``, the LoRA adapters only (:func:`apply_peft`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.contract import (  # noqa: F401  (file names re-exported)
+    ADAPTER_DIR,
     POLICY_FILES,
     POSTPROCESSOR_FILE,
     PREPROCESSOR_FILE,
@@ -48,7 +51,7 @@ if TYPE_CHECKING:
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
     from lerobot.processor import PolicyProcessorPipeline
 
-    from zk0cli.core.config import ModelConfig
+    from zk0cli.core.config import ModelConfig, PeftConfig
 
 #: Bump when the tiny VLM directory's content changes (it is cached per version).
 TINY_VLM_VERSION = 1
@@ -491,6 +494,10 @@ def build_policy(
             torch.manual_seed(seed)
             with library_prints("lerobot"):
                 policy = SmolVLAPolicy.from_pretrained(model.path, config=cfg)
+    if model.peft is not None:
+        if model.kind == "pretrained":
+            policy.name_or_path = model.path  # the adapter's base_model_name_or_path
+        policy = apply_peft(policy, model.peft, seed=seed)
     policy.to(device)
     policy.train()
     pre, post = make_processors(cfg, stats=stats, rename_map=rename_map)
@@ -526,6 +533,175 @@ def _load_pretrained_config(path: str) -> Any:
     elif _is_tiny_vlm_path(name) or (Path(name).is_absolute() and not Path(name).is_dir()):
         cfg.vlm_model_name = str(tiny_vlm_dir())
     return cfg
+
+
+# --- LoRA adapters (model.peft) ----------------------------------------------------------
+
+
+def is_peft_model(policy: object) -> bool:
+    """Whether ``policy`` is a ``peft.PeftModel`` (without importing peft when unused)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(policy, peft.PeftModel)
+
+
+def lora_targets(policy: Any, settings: PeftConfig) -> str | list[str]:
+    """The modules that get adapters: ``settings.target_modules``, else LeRobot's defaults.
+
+    LeRobot's SmolVLA default (``SmolVLAPolicy._get_default_peft_targets``, the hook its
+    ``wrap_with_peft`` reads) is a regular expression over full module names: the action
+    expert's ``q_proj``/``v_proj`` and the ``state_proj``/``action_*`` projections.
+    """
+    if settings.target_modules is not None:
+        return settings.target_modules
+    return str(policy._get_default_peft_targets()["target_modules"])
+
+
+def apply_peft(policy: SmolVLAPolicy, settings: PeftConfig, *, seed: int) -> Any:
+    """Wrap the policy with LoRA adapters; freeze everything else.
+
+    The same steps as LeRobot's ``PreTrainedPolicy.wrap_with_peft`` (freeze the base,
+    ``peft.get_peft_model`` with a ``LoraConfig``), without its refusal of a policy that
+    has no ``pretrained_path`` (the tiny preset). The adapters' random initialisation is
+    drawn from ``seed``, so every site and the server build bitwise the same A matrices.
+    With ``settings.aggregation = "ffa"`` (FFA-LoRA, Sun et al. 2024, "Improving LoRA in
+    privacy-preserving federated learning") the A matrices are then frozen too: only the
+    B matrices (zero at the start, as in LoRA) train and travel. With A shared and fixed,
+    a site's weight update ``ΔW_i = (alpha / r) · B_i · A`` is linear in ``B_i``, so the
+    weighted mean of the B's gives exactly the weighted mean of the ΔW's, and so does any
+    other linear server step (momentum, adaptive optimizers, DP noise).
+
+    Args:
+        policy: A freshly built SmolVLA policy (float32, on CPU or its device).
+        settings: ``model.peft``.
+        seed: Seed of the adapters' initialisation (the run's seed).
+
+    Returns:
+        The ``peft.PeftModel``; its trainable parameters are named
+        ``base_model.model.<module>.lora_B.default.weight`` (and ``lora_A`` with
+        ``aggregation = "naive"``).
+
+    Raises:
+        ConfigError: ``model.peft.target_modules`` matches no module of the policy, or
+            a module PEFT cannot adapt.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(policy, settings)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,  # type: ignore[arg-type]
+                        lora_dropout=settings.dropout, target_modules=targets)
+    for p in policy.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            with library_prints("peft"):
+                wrapped = get_peft_model(policy, config)
+    except ValueError as err:
+        text = str(err)
+        if "not found in the base model" in text:
+            reason = "it matches no module of the policy"
+        elif "is not supported" in text:
+            reason = ("it matches a module LoRA cannot adapt (a container, not a "
+                      "torch.nn.Linear / Embedding / Conv layer)")
+        else:
+            reason = f"PEFT refused it ({text.splitlines()[0][:200]})"
+        raise ConfigError([FieldProblem(
+            "model.peft.target_modules", targets,
+            f"{reason}; give a list of module name suffixes (e.g. ['q_proj', 'v_proj']) or "
+            "a regular expression over full module names of linear layers, or leave it "
+            "unset for LeRobot's SmolVLA default")]) from err
+    if settings.aggregation == "ffa":
+        for name, p in wrapped.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad_(False)
+    return wrapped
+
+
+@dataclass(frozen=True)
+class PeftSummary:
+    """What ``model.peft`` trains and sends, counted on the real architecture.
+
+    Attributes:
+        adapted_modules: Modules that got adapters.
+        tensors: Trainable (travelling) tensors.
+        parameters: Their elements.
+        full_parameters: Trainable elements of the same policy without ``model.peft``.
+    """
+
+    adapted_modules: int
+    tensors: int
+    parameters: int
+    full_parameters: int
+
+    def describe(self, settings: PeftConfig, transport_dtype: str) -> str:
+        """One console line: rank, method, what travels and what it replaces."""
+        nbytes = self.parameters * (2 if transport_dtype == "bfloat16" else 4)
+        size = f"{nbytes / 1e6:.2f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.1f} kB"
+        return (f"LoRA rank {settings.rank} ({settings.aggregation}) on "
+                f"{self.adapted_modules} modules: {self.parameters:,} parameters travel per "
+                f"client per round ({size} in {transport_dtype}) instead of the full "
+                f"expert's {self.full_parameters:,}")
+
+
+def check_peft(model: ModelConfig) -> PeftSummary | None:
+    """Check ``model.peft`` against the policy's architecture, built without weights.
+
+    The policy is built on PyTorch's ``meta`` device (no memory, no weights loaded; about
+    0.3 s for full-size SmolVLA) and wrapped as :func:`apply_peft` would, so a
+    ``target_modules`` that matches nothing is refused before any process starts. Module
+    names and parameter counts do not depend on the dataset (SmolVLA pads state and
+    action to ``max_state_dim`` / ``max_action_dim``).
+
+    Returns:
+        The counts, or ``None`` without ``model.peft``.
+
+    Raises:
+        ConfigError: ``model.peft.target_modules`` matches no adaptable module.
+        CheckpointError: ``model.path``'s configuration cannot be read.
+    """
+    import torch
+    from lerobot.configs import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    if model.peft is None:
+        return None
+    if model.kind == "tiny":
+        feats = {"observation.state": PolicyFeature(FeatureType.STATE, (6,)),
+                 "action": PolicyFeature(FeatureType.ACTION, (6,))}
+        cfg = tiny_smolvla_config(feats, device="cpu", chunk_size=model.chunk_size)
+    else:
+        assert model.path is not None  # enforced by ModelConfig
+        cfg = _load_pretrained_config(model.path)
+        cfg.load_vlm_weights = False  # the architecture only: weights are never read
+        cfg.device = "cpu"
+    cfg.freeze_vision_encoder = model.freeze_vision_encoder
+    cfg.train_expert_only = model.train_expert_only
+    try:
+        with torch.device("meta"), library_prints("lerobot"):
+            policy = SmolVLAPolicy(cfg)
+    except OSError as err:  # the VLM's configuration is not reachable (offline, no cache)
+        raise CheckpointError(str(model.path), [
+            f"cannot build its architecture ({type(err).__name__}: {err})"]) from err
+    full = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    wrapped = apply_peft(policy, model.peft, seed=0)
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    adapted = sum(1 for n, _ in wrapped.named_modules() if n.endswith(".lora_B"))
+    return PeftSummary(adapted_modules=adapted, tensors=len(trainable),
+                       parameters=sum(p.numel() for p in trainable), full_parameters=full)
+
+
+def merged_policy(policy: Any) -> SmolVLAPolicy:
+    """A plain ``SmolVLAPolicy`` with the LoRA updates merged into its weights.
+
+    ``W + (alpha / r) · B · A`` for every adapted layer (PEFT's ``merge_and_unload``,
+    in float32, on a copy: ``policy`` keeps training unchanged). A policy without
+    adapters is returned as it is.
+    """
+    if not is_peft_model(policy):
+        return policy  # type: ignore[no-any-return]
+    with library_prints("peft"):
+        return copy.deepcopy(policy).merge_and_unload(safe_merge=True)  # type: ignore[no-any-return]
 
 
 # --- trainable tensors -----------------------------------------------------------------
@@ -597,6 +773,10 @@ def _local_vlm(cfg: Any) -> Path | None:
 def save_bundle(bundle: PolicyBundle, directory: Path) -> None:
     """Write the policy (``config.json``, ``model.safetensors``) and both processors.
 
+    A policy with LoRA adapters (``model.peft``) is written merged (:func:`merged_policy`):
+    the directory is a plain SmolVLA policy that LeRobot loads without zk0 or peft. The
+    adapter itself goes to ``<directory>/adapter`` in PEFT's layout (:func:`save_adapter`).
+
     The saved ``config.json`` has ``push_to_hub = false``: ``lerobot-train
     --policy.path=<checkpoint>`` otherwise stops with "'repo_id' argument missing".
     A policy built from a local VLM directory (the tiny preset) also gets a copy of that
@@ -613,7 +793,8 @@ def save_bundle(bundle: PolicyBundle, directory: Path) -> None:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = bundle.policy.config
+    policy = merged_policy(bundle.policy)  # the policy itself without adapters
+    cfg = policy.config
     if hasattr(cfg, "push_to_hub"):
         cfg.push_to_hub = False  # zk0 pushes with `zk0 push`; LeRobot must not try on its own
     local = _local_vlm(cfg)
@@ -625,14 +806,37 @@ def save_bundle(bundle: PolicyBundle, directory: Path) -> None:
         for step in steps:
             step.tokenizer_name = VLM_SUBDIR
     try:
-        bundle.policy.save_pretrained(directory)
+        policy.save_pretrained(directory)
         bundle.preprocessor.save_pretrained(directory)
         bundle.postprocessor.save_pretrained(directory)
+        if policy is not bundle.policy:
+            save_adapter(bundle.policy, directory / ADAPTER_DIR)
     finally:
         if local is not None:
             cfg.vlm_model_name = str(local)
             for step in steps:
                 step.tokenizer_name = str(local)
+
+
+def save_adapter(policy: Any, directory: Path) -> None:
+    """Write a ``PeftModel``'s adapter: ``adapter_config.json``, ``adapter_model.safetensors``.
+
+    PEFT's own layout and tensors (float32; A and B of every adapted layer), loadable with
+    ``peft.PeftModel.from_pretrained(<the base policy>, directory)``. PEFT's generated
+    README is not kept (the checkpoint's model card describes the adapter).
+    """
+    with library_prints("peft"):
+        policy.save_pretrained(str(directory))
+    (Path(directory) / "README.md").unlink(missing_ok=True)
+
+
+def adapter_file_key(name: str, adapter: str = "default") -> str:
+    """The key PEFT saves a trainable parameter under: its name without ``.<adapter>``.
+
+    ``base_model.model.x.lora_B.default.weight`` -> ``base_model.model.x.lora_B.weight``
+    (``peft.get_peft_model_state_dict``'s rule; the resume test checks the round trip).
+    """
+    return name.replace(f".{adapter}.", ".")
 
 
 def load_bundle(directory: Path, *, device: str = "cpu") -> PolicyBundle:

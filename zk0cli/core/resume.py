@@ -29,6 +29,8 @@ from zk0cli import constants as K
 from zk0cli.core.checkpoint import read_manifest, verify_checkpoint
 from zk0cli.core.config import RunConfig, config_to_json
 from zk0cli.core.contract import (
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS_FILE,
     CLIENTS_DIR,
     LATEST,
     MODELS_DIR,
@@ -339,20 +341,37 @@ def recorded_composites(rundir: RunDir, *, up_to: int) -> list[tuple[int, float 
 
 
 def load_global_tensors(checkpoint: Path, names: list[str]) -> dict[str, Any]:
-    """The trainable tensors ``names`` from a checkpoint's ``model.safetensors``.
+    """The trainable tensors ``names`` from a checkpoint.
+
+    From ``model.safetensors``, or, for a LoRA run (``model.peft``: its policy file holds
+    merged weights), from ``adapter/adapter_model.safetensors`` under PEFT's key names
+    (:func:`~zk0cli.core.policy.adapter_file_key`).
 
     Raises:
         RunDirError: A trainable tensor is missing from the checkpoint.
     """
     from safetensors import safe_open
 
+    from zk0cli.core.policy import adapter_file_key
+
+    adapter = any(".lora_" in n for n in names)
+    if adapter:
+        path = checkpoint / ADAPTER_DIR / ADAPTER_WEIGHTS_FILE
+        keys_of = {n: adapter_file_key(n) for n in names}
+    else:
+        path, keys_of = checkpoint / WEIGHTS_FILE, {n: n for n in names}
+    rel = path.relative_to(checkpoint).as_posix()
+    if not path.is_file():
+        raise RunDirError(f"{checkpoint} has no {rel}; it is not this run's policy "
+                          f"({'a LoRA run' if adapter else 'a run without LoRA'}).")
     out = {}
-    with safe_open(str(checkpoint / WEIGHTS_FILE), framework="pt") as fh:
+    with safe_open(str(path), framework="pt") as fh:
         keys = set(fh.keys())
-        missing = [n for n in names if n not in keys]
+        missing = [n for n in names if keys_of[n] not in keys]
         if missing:
-            raise RunDirError(f"{checkpoint}/{WEIGHTS_FILE} lacks {len(missing)} trainable "
-                              f"tensor(s), e.g. {missing[0]}; it is not this run's policy.")
+            raise RunDirError(f"{checkpoint}/{rel} lacks {len(missing)} trainable "
+                              f"tensor(s), e.g. {keys_of[missing[0]]}; it is not this run's "
+                              "policy.")
         for n in names:
-            out[n] = fh.get_tensor(n)
+            out[n] = fh.get_tensor(keys_of[n])
     return out

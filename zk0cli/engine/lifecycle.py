@@ -169,11 +169,18 @@ def _check_resources(cfg: RunConfig, ui: RunDisplay, *, simulation: bool) -> Non
 
     Raises:
         UsageError: Too many CPUs per client, or CUDA required and absent.
+        ConfigError: ``model.peft`` adapts no module of the policy.
     """
     from zk0cli.engine.preflight import check_resources
 
     for warning in check_resources(cfg, simulation=simulation):
         ui.info(f"warning: {warning}")
+    if cfg.model.peft is not None:
+        from zk0cli.core.policy import check_peft
+
+        summary = check_peft(cfg.model)
+        assert summary is not None
+        ui.info(summary.describe(cfg.model.peft, cfg.federation.transport_dtype))
 
 
 def _ray_cluster(cfg: RunConfig, ui: RunDisplay) -> ClusterResources | None:

@@ -80,6 +80,11 @@ MODEL_CARD: Final = "README.md"
 SERVER_OPTIMIZER_FILE: Final = "server_optimizer.safetensors"  # server optimizer state (t, m/, v/)
 PRIVACY_STATE_FILE: Final = "privacy_state.json"  # DP accountant ledger + noise generator state
 METRICS_JSON: Final = "metrics.json"
+#: With ``model.peft``: the LoRA adapter in PEFT's own layout (``adapter_config.json``,
+#: ``adapter_model.safetensors``), next to the merged policy; resume reads it.
+ADAPTER_DIR: Final = "adapter"
+ADAPTER_WEIGHTS_FILE: Final = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE: Final = "adapter_config.json"
 MANIFEST_JSON: Final = "manifest.json"
 #: Files LeRobot needs to load a policy directory (the processors' normaliser state files,
 #: named in their ``state_file`` entries, come on top).
