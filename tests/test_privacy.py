@@ -10,6 +10,7 @@ import torch
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+from reply_fixtures import reply_metadata, train_reply
 
 from zk0cli import constants as K
 from zk0cli.core.config import PrivacyConfig, SiteConfig, TrainingConfig, load_config
@@ -152,23 +153,6 @@ def test_checkpointed_state_resumes_the_same_epsilon_and_noise_stream(tmp_path, 
         load_state(fresh(), tmp_path / "nowhere")
 
 
-def _metadata(node_id):
-    return Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=node_id, dst_node_id=0,
-                    reply_to_message_id="q", group_id="1", created_at=0.0, ttl=60.0,
-                    message_type="train")
-
-
-def _reply(state, n, client_id, node_id):
-    from flwr.app import MetricRecord
-
-    content = RecordDict({
-        K.METRICS_KEY: MetricRecord({K.NUM_EXAMPLES_KEY: n, K.LOSS: 1.0}),
-        K.INFO_KEY: ConfigRecord({K.CLIENT_ID: client_id}),
-        K.ARRAYS_KEY: to_array_record(state, transport_dtype="float32"),
-    })
-    return Message(content, metadata=_metadata(node_id))
-
-
 def test_strategy_averages_clipped_updates_equally_and_adds_the_noise(trained):
     start, local = trained
     clip = update_norm(local, start) / 4  # the unclipped reply gets clipped by the server
@@ -178,7 +162,8 @@ def test_strategy_averages_clipped_updates_equally_and_adds_the_noise(trained):
                           lr_for_round=lambda r: 1e-3, min_train_nodes=2, privacy=priv)
     strategy._remember_global(to_array_record(start, transport_dtype="float32"))
     small, _ = clip_update(local, start, clip / 2)
-    replies = [_reply(local, 1000, "0", 1), _reply(small, 1, "1", 2)]  # weights ignored
+    replies = [train_reply(local, 1000, client_id="0", node_id=1),
+               train_reply(small, 1, client_id="1", node_id=2)]  # weights ignored
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     got = from_array_record(arrays)
@@ -268,7 +253,7 @@ def test_a_site_refuses_a_round_that_breaks_its_limit_and_the_server_records_why
     # the server records the refusal with its reason
     strategy = Zk0FedProx(expected=specs_of(state), proximal_mu=0.0, steps=1,
                           lr_for_round=lambda r: 1e-3, min_train_nodes=2)
-    strategy.aggregate_train(1, [Message(answer.content, metadata=_metadata(7))])
+    strategy.aggregate_train(1, [Message(answer.content, metadata=reply_metadata(7))])
     (report,) = strategy.outcomes[1].failures
     assert report.client_id == "lab-a" and "privacy.max_epsilon = 8" in report.reason
 

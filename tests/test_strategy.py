@@ -4,8 +4,10 @@ import math
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, Metadata, RecordDict
 from flwr.app import Error as FlwrError
+from reply_fixtures import reply_metadata as _metadata
+from reply_fixtures import train_reply as reply
 
 from zk0cli import constants as K
 from zk0cli.core.strategy import Zk0FedProx, aggregate_client_metrics, read_train_reply
@@ -31,27 +33,6 @@ def global_state(make_bundle):
 def perturbed(state, seed, scale=0.01):
     g = torch.Generator().manual_seed(seed)
     return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in state.items()}
-
-
-def _metadata(node_id):
-    """Metadata of a reply that arrived from ``node_id`` (as the SuperLink fills it in)."""
-    return Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=node_id, dst_node_id=0,
-                    reply_to_message_id="q", group_id="1", created_at=0.0, ttl=60.0,
-                    message_type="train")
-
-
-def reply(state, n, *, client_id="0", node_id=1, metrics=None, failed=False, error=None):
-    """A train reply as the ClientApp builds it."""
-    numbers = {K.NUM_EXAMPLES_KEY: n, K.LOSS: 1.0, **(metrics or {})}
-    info = {K.CLIENT_ID: client_id, K.DATASET_NAME: f"ds{client_id}"}
-    content = {K.METRICS_KEY: MetricRecord(numbers), K.INFO_KEY: ConfigRecord(info)}
-    if failed:
-        numbers[K.FAILED] = 1
-        info[K.ERROR] = error or "boom"
-        content = {K.METRICS_KEY: MetricRecord(numbers), K.INFO_KEY: ConfigRecord(info)}
-    else:
-        content[K.ARRAYS_KEY] = to_array_record(state)
-    return Message(RecordDict(content), metadata=_metadata(node_id))
 
 
 def test_weighted_mean_matches_reference(global_state):

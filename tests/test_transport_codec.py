@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from flwr.app import Array, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array
+from reply_fixtures import train_reply
 
-from zk0cli import constants as K
 from zk0cli.core.strategy import Zk0FedProx, read_train_reply
 from zk0cli.core.transport import (
     BF16_WIRE_TAG,
@@ -98,25 +98,14 @@ def test_bad_wire_data_and_dtype_are_rejected(trainable):
         to_array_record(trainable, transport_dtype="float16")
 
 
-def _reply(record, n, node_id):
-    meta = Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=node_id, dst_node_id=0,
-                    reply_to_message_id="q", group_id="1", created_at=0.0, ttl=60.0,
-                    message_type="train")
-    content = RecordDict({
-        K.ARRAYS_KEY: record,
-        K.METRICS_KEY: MetricRecord({K.NUM_EXAMPLES_KEY: n, K.LOSS: 1.0}),
-        K.INFO_KEY: ConfigRecord({K.CLIENT_ID: str(node_id)}),
-    })
-    return Message(content, metadata=meta)
-
-
 def test_streaming_aggregation_of_bf16_replies_equals_reference_mean(trainable):
     expected = specs_of(trainable)
     gens = [torch.Generator().manual_seed(s) for s in range(3)]
     states = [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in trainable.items()}
               for g in gens]
     weights = [12, 30, 7]
-    replies = [_reply(to_array_record(st, transport_dtype="bfloat16"), w, i + 1)
+    replies = [train_reply(st, w, client_id=str(i + 1), node_id=i + 1,
+                           transport_dtype="bfloat16")
                for i, (st, w) in enumerate(zip(states, weights, strict=True))]
     strategy = Zk0FedProx(expected=expected, proximal_mu=0.01, lr_for_round=lambda r: 1e-4,
                           steps=1, transport_dtype="bfloat16")
@@ -142,14 +131,14 @@ def test_streaming_aggregation_of_bf16_replies_equals_reference_mean(trainable):
 def test_checks_apply_after_decoding(trainable):
     expected = specs_of(trainable)
     report, tensors = read_train_reply(
-        _reply(to_array_record(trainable, transport_dtype="bfloat16"), 4, 1), expected)
+        train_reply(trainable, 4, client_id="1", node_id=1, transport_dtype="bfloat16"), expected)
     assert report.ok and tensors is not None
     assert all(t.dtype == torch.float32 for t in tensors.values())
     bad = dict(trainable)
     name = sorted(bad)[0]
     bad[name] = torch.full_like(bad[name], float("nan"))
     report, tensors = read_train_reply(
-        _reply(to_array_record(bad, transport_dtype="bfloat16"), 4, 2), expected)
+        train_reply(bad, 4, client_id="2", node_id=2, transport_dtype="bfloat16"), expected)
     assert not report.ok and tensors is None
     assert "non-finite" in report.reason and name in report.reason
 
