@@ -16,7 +16,7 @@ from zk0cli.cli.app import app
 from zk0cli.constants import OWNER_GONE_BOUND_S
 from zk0cli.core.checkpoint import write_checkpoint
 from zk0cli.core.config import load_config
-from zk0cli.core.contract import PRIVACY_STATE_FILE
+from zk0cli.core.contract import ADAPTER_DIR, ADAPTER_WEIGHTS_FILE, PRIVACY_STATE_FILE
 from zk0cli.core.privacy import RunAccountant
 from zk0cli.core.resume import config_differences, prepare_resume
 from zk0cli.core.rundir import RunDir, read_json, write_json
@@ -29,7 +29,9 @@ ARGS = ["--preset", "tiny", "--rounds", "6", "--clients", "2",
         "--set", "checkpoint.interval=1",
         # central DP: the accountant's epsilon and the noise stream must resume bitwise too
         "--set", "privacy.mode=central", "--set", "privacy.noise_multiplier=0.7",
-        "--set", "privacy.clipping_norm=0.5", "--set", "data.stats=local"]
+        "--set", "privacy.clipping_norm=0.5", "--set", "data.stats=local",
+        # LoRA: the adapter (not the merged policy file) is what resumes
+        "--set", "model.peft.rank=4"]
 MARK = "ZK0_RESUME_MARK"
 
 
@@ -134,6 +136,10 @@ def _assert_equal_runs(full, cut):
     assert set(ta) == set(tb)
     for name in ta:  # bitwise: every draw is seeded by (seed, round, client)
         assert (ta[name] == tb[name]).all(), name
+    adapter = f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_FILE}"
+    aa, ab = load_file(a.checkpoint(6) / adapter), load_file(b.checkpoint(6) / adapter)
+    assert set(aa) == set(ab) and any(".lora_B." in n for n in aa)
+    assert all((aa[n] == ab[n]).all() for n in aa)
     ea, eb = read_json(a.server_eval(6)), read_json(b.server_eval(6))
     assert ea["server_eval"] == eb["server_eval"]
     # the same privacy budget: epsilon of 6 noised rounds of 2 of 2 clients, in every record

@@ -140,6 +140,7 @@ def open_resume(req: RunRequest, ui: RunDisplay) -> tuple[RunDir, RunConfig]:
     Raises:
         RunDirError: Not a run directory, or no complete checkpoint.
         UsageError: The configuration changed in a way the checkpoint cannot carry over.
+        RunOwnedError: Another live process owns the run.
     """
     from zk0cli.core.config import load_config as _load
     from zk0cli.core.resume import prepare_resume
@@ -147,6 +148,10 @@ def open_resume(req: RunRequest, ui: RunDisplay) -> tuple[RunDir, RunConfig]:
 
     assert req.resume is not None
     rundir = RunDir.open(req.resume)
+    from zk0cli.core.owner import claim, owner_alive
+
+    if owner_alive(rundir.root):  # refuse a live owner's run at once, before slower checks
+        claim(rundir.root)  # raises RunOwnedError naming that owner
     base = read_json(rundir.config_json)
     cfg = _load(config_file=req.config, base=base, overrides=req.sets, flags=req.flags)
     from zk0cli.core.tracking import require_trackers
