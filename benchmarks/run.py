@@ -86,6 +86,15 @@ def render(results: dict[str, Any]) -> Any:
                   f"→ {w['reduction_vs_whole_fp32']:.1f}× less; encode "
                   f"{w['encode_bf16_seconds']:.1f} s, decode {w['decode_bf16_seconds']:.1f} s",
                   "≤ 0.21 GB, ≥ 8× less", _fmt_pass(w))
+        lora = w.get("lora")
+        if lora:
+            lines = [f"rank {r}: ffa {v['ffa']['bytes_bf16'] / 1e6:.2f} MB, naive "
+                     f"{v['naive']['bytes_bf16'] / 1e6:.2f} MB" for r, v in lora["by_rank"].items()]
+            lines.append(f"→ {lora['reduction_vs_full_expert']:.0f}× less than the full expert "
+                         "at rank 16 (ffa)")
+            t.add_row(f"(a') bytes per client per round with LoRA on {lora['adapted_modules']} "
+                      "modules (model.peft, bf16)", "\n".join(lines), "≤ 0.02 GB at rank 16",
+                      _fmt_pass(lora))
     sm = results.get("server_memory", {})
     if "error" in sm:
         t.add_row("(b) server process peak RSS", sm["error"][:300], "", _fmt_pass(sm))

@@ -4,6 +4,8 @@ Measured on real serialized Flower ``ArrayRecord`` s (the sum of ``Array.data``,
 headers included) built by zk0's codec: the trainable tensors in bfloat16 (the default),
 the trainable tensors in float32, and, for comparison, the whole policy in float32 (what
 the upstream project sent; serialized tensor by tensor so it is never all in memory).
+With LoRA (``model.peft``, LeRobot's default SmolVLA targets) the same count for ranks
+8, 16 and 64, for FFA-LoRA (only B travels, zk0's default) and the naive A-and-B scheme.
 """
 
 from __future__ import annotations
@@ -73,6 +75,55 @@ def measure_wire(shapes_out: Path | None = None) -> dict[str, Any]:
         "target_reduction": 8.0,
     }
     out["pass"] = bf16 <= out["target_bytes"] and out["reduction_vs_whole_fp32"] >= 8.0
-    del policy, state
+    del state
+    out["lora"] = measure_lora(policy, full_bytes=bf16)
+    out["pass"] = out["pass"] and out["lora"]["pass"]
+    del policy
     gc.collect()
     return out
+
+
+LORA_RANKS = (8, 16, 64)
+
+
+def measure_lora(policy: Any, *, full_bytes: int) -> dict[str, Any]:
+    """Bytes per client per round with LoRA adapters on the full-size policy.
+
+    The policy is wrapped as a LoRA run wraps it (:func:`zk0cli.core.policy.apply_peft`,
+    LeRobot's default targets), its travelling tensors encoded in bfloat16 and counted,
+    and the adapters removed again (``unload``), for each rank and both aggregations.
+    Leaves every base parameter frozen: call it after the full-expert figures.
+
+    Returns:
+        ``adapted_modules``, ``by_rank`` (rank -> ``ffa`` / ``naive`` ->
+        ``parameters``, ``tensors``, ``bytes_bf16``), ``target_bytes`` (0.02 GB at the
+        default rank 16), ``reduction_vs_full_expert`` at rank 16 (FFA) and ``pass``.
+    """
+    from zk0cli.core.config import PeftConfig
+    from zk0cli.core.policy import apply_peft, get_trainable_state
+    from zk0cli.core.transport import record_nbytes, to_array_record
+
+    by_rank: dict[str, dict[str, Any]] = {}
+    adapted = 0
+    for rank in LORA_RANKS:
+        by_rank[str(rank)] = {}
+        for aggregation in ("ffa", "naive"):
+            wrapped = apply_peft(policy, PeftConfig(rank=rank, aggregation=aggregation), seed=0)
+            state = get_trainable_state(wrapped)
+            record = to_array_record(state, transport_dtype="bfloat16")
+            adapted = sum(1 for n, _ in wrapped.named_modules() if n.endswith(".lora_B"))
+            by_rank[str(rank)][aggregation] = {
+                "parameters": sum(t.numel() for t in state.values()),
+                "tensors": len(state),
+                "bytes_bf16": record_nbytes(record),
+            }
+            del record, state
+            policy = wrapped.unload()
+    default = by_rank["16"]["ffa"]["bytes_bf16"]
+    return {
+        "adapted_modules": adapted,
+        "by_rank": by_rank,
+        "target_bytes": 0.02 * GB,
+        "reduction_vs_full_expert": full_bytes / default,
+        "pass": default <= 0.02 * GB,
+    }

@@ -4,7 +4,8 @@ The committed ``benchmarks/results/latest.json`` (written by ``benchmarks/run.py
 the source of the figures; a doc that quotes a number the JSON does not hold (a stale
 claim) fails here. Server-memory figures are quoted as ``N clients **X.XX GB**`` (GB =
 1e9 bytes, two decimals), the ratio as ``16/2 = **R.RR**``, the wire size as
-``(B B)`` with B the exact byte count.
+``(B B)`` with B the exact byte count, the LoRA wire sizes as ``rank R ffa **B bytes**``
+and their ratio to the full expert as ``**N× less than the full expert**``.
 """
 
 import json
@@ -72,3 +73,20 @@ def test_deployment_round_overhead_is_quoted_from_latest_json(latest):
     for w, c in quoted:
         assert w == f"{warm['overhead_seconds_median']:.2f}", (w, warm)
         assert c == f"{cold['overhead_seconds_median']:.2f}", (c, cold)
+
+
+LORA = re.compile(r"rank (\d+) (ffa|naive) \*\*([\d,]+) bytes\*\*")
+LORA_RATIO = re.compile(r"\*\*(\d+)× less than the full expert\*\*")
+
+
+def test_lora_wire_figures_are_quoted_from_latest_json(latest):
+    """(a'): every rank and aggregation of latest.json, quoted exactly."""
+    text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    lora = latest["wire"]["lora"]
+    quoted = {(r, agg): int(b.replace(",", "")) for r, agg, b in LORA.findall(text)}
+    want = {(r, agg): v["bytes_bf16"] for r, by in lora["by_rank"].items()
+            for agg, v in by.items()}
+    assert quoted == want
+    assert set(lora["by_rank"]) == {"8", "16", "64"}
+    assert lora["by_rank"]["16"]["ffa"]["bytes_bf16"] <= 0.02e9  # the issue's goal
+    assert LORA_RATIO.findall(text) == [f"{lora['reduction_vs_full_expert']:.0f}"]
