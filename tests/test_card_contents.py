@@ -77,3 +77,19 @@ def test_checkpoint_config_does_not_push_to_hub(make_bundle, tmp_path: Path) -> 
     saved = json.loads((tmp_path / "ckpt" / "config.json").read_text(encoding="utf-8"))
     assert saved["push_to_hub"] is False
     assert PreTrainedConfig.from_pretrained(str(tmp_path / "ckpt")).push_to_hub is False
+
+
+def test_card_states_the_lora_settings(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "outputs", checkpoints=())
+    make_checkpoint(run, 3)
+    text = str(build_model_card(run.root, checkpoint_round=3))
+    assert "| fine-tuning | full action expert (no LoRA) |" in text
+    cfg = json.loads(run.config_json.read_text(encoding="utf-8"))
+    cfg["model"]["peft"] = {"method": "lora", "rank": 8, "alpha": 32.0, "dropout": 0.05,
+                            "target_modules": None, "aggregation": "ffa"}
+    write_json(run.config_json, cfg)
+    text = str(build_model_card(run.root, checkpoint_round=3))
+    assert "| fine-tuning | LoRA rank 8, alpha 32, dropout 0.05, on LeRobot's SmolVLA " \
+           "default modules; FFA-LoRA: A frozen at its seeded initialisation, B trained " \
+           "and averaged (exact); merged into the weights of this checkpoint (the adapter " \
+           "is in `adapter/`) |" in text

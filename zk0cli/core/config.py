@@ -856,7 +856,8 @@ def render_config_reference() -> str:
         "",
     ]
     sections: list[tuple[str, type[BaseModel]]] = [
-        ("(top level)", RunConfig), ("model", ModelConfig), ("data", DataConfig),
+        ("(top level)", RunConfig), ("model", ModelConfig),
+        ("model.peft", PeftConfig), ("data", DataConfig),
         ("data.clients[] / data.eval[]", DatasetSpec), ("data.sim", SimConfig),
         ("training", TrainingConfig), ("federation", FederationConfig),
         ("federation.early_stop", EarlyStopConfig),

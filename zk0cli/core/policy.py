@@ -568,7 +568,9 @@ def apply_peft(policy: SmolVLAPolicy, settings: PeftConfig, *, seed: int) -> Any
     B matrices (zero at the start, as in LoRA) train and travel. With A shared and fixed,
     a site's weight update ``ΔW_i = (alpha / r) · B_i · A`` is linear in ``B_i``, so the
     weighted mean of the B's gives exactly the weighted mean of the ΔW's, and so does any
-    other linear server step (momentum, adaptive optimizers, DP noise).
+    other linear server step (server momentum, Gaussian DP noise); adaptive server
+    optimizers (FedAdam, FedYogi, FedAdagrad) scale B's elements, which is still one
+    shared A times one B, but no longer a per-element step on ΔW.
 
     Args:
         policy: A freshly built SmolVLA policy (float32, on CPU or its device).

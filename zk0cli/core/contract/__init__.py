@@ -12,7 +12,7 @@ keys of its JSON records (see ``docs/run-directory.md``, generated from these mo
       clients/<client_id>/round_<N>.json  ClientRoundRecord
       models/checkpoint_round_<N>/        LeRobot policy dir + README.md + metrics.json
                                           (CheckpointMetrics) + manifest.json
-                                          (CheckpointManifest)
+                                          (CheckpointManifest) [+ adapter/ with LoRA]
       models/latest                       names the newest complete checkpoint
       report/  server.log  logs/  superseded/resume-<k>/
 
