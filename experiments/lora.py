@@ -107,13 +107,16 @@ def main() -> int:
             secs = simulate(out, a.rounds, seed, [*COMMON, *ARMS[arm]])
             arms.setdefault(arm, {"seeds": {}})["seeds"][str(seed)] = {
                 "run": str(out), "seconds": secs, "curve": server_curve(out)}
+    for r in arms.values():  # the JSON names runs relative to the work folder
+        for entry in r["seeds"].values():
+            entry["run"] = str(Path(entry["run"]).relative_to(work.parent))
             print(f"seed {seed} {arm}: {secs:.0f} s", flush=True)
     ev, sets = evaluator()
     for arm, r in arms.items():
         r["label"] = LABELS[arm]
         r["parameters_per_client_round"] = travelling_parameters(ARMS[arm])
         for entry in r["seeds"].values():
-            entry["scores"] = score(ev, sets, final_tensors(Path(entry["run"])))
+            entry["scores"] = score(ev, sets, final_tensors(work.parent / entry["run"]))
     wall = time.monotonic() - t_all
     lines = ["| arm | parameters sent per client per round | held-out mean | "
              "unseen layouts mean | s per run |", "|---|---|---|---|---|"]

@@ -96,3 +96,25 @@ def test_lora_wire_figures_are_quoted_from_latest_json(latest):
     assert set(lora["by_rank"]) == {"8", "16", "64"}
     assert lora["by_rank"]["16"]["ffa"]["bytes_bf16"] <= 0.02e9  # the issue's goal
     assert LORA_RATIO.findall(text)
+
+
+def test_lora_results_table_is_the_committed_experiment():
+    """docs/results.md's LoRA table: every number from docs/results/lora.json."""
+    import statistics
+
+    data = json.loads((ROOT / "docs" / "results" / "lora.json").read_text(encoding="utf-8"))
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    section = text.split("\n## LoRA\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "±" in line]
+    assert len(rows) == len(data["arms"]) == 5 and len(data["seeds"]) >= 3
+
+    def ms(values):
+        return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
+
+    for row, arm in zip(rows, data["arms"].values(), strict=True):
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        seeds = arm["seeds"].values()
+        assert cells[1] == f"{arm['parameters_per_client_round']:,}", row
+        assert cells[2] == ms([e["scores"]["heldout_mean"] for e in seeds]), row
+        assert cells[3] == ms([e["scores"]["unseen_mean"] for e in seeds]), row
+        assert cells[4] == f"{statistics.fmean(e['seconds'] for e in seeds):.0f}", row
