@@ -27,7 +27,7 @@ from pydantic import (
 
 from zk0cli.errors import ConfigError, FieldProblem, field_problems
 
-SIM_TASKS: tuple[str, ...] = ("lift", "pick_place", "stack", "push")
+SIM_TASKS: tuple[str, ...] = ("lift", "pick_place", "stack", "push", "reach")
 
 
 class _Section(BaseModel):
