@@ -112,3 +112,13 @@ def test_zk0_eval_bad_inputs_exit_2(checkpoint, make_bundle, tmp_path):
     res = runner.invoke(app, ["eval", str(tmp_path / "front"), "--episodes", "1"])
     assert res.exit_code == 2, res.output
     assert "observation.images.front" in res.output and "do not match" in res.output
+
+
+def test_closed_loop_config_refuses_unknown_tasks():
+    from zk0cli.core.config import load_config
+    from zk0cli.errors import ConfigError
+
+    cfg = load_config(preset="tiny", overrides=['eval.closed_loop.tasks=["reach"]'])
+    assert cfg.eval.closed_loop.tasks == ["reach"] and cfg.eval.closed_loop.episodes == 10
+    with pytest.raises(ConfigError, match="eval.closed_loop.tasks"):
+        load_config(preset="tiny", overrides=['eval.closed_loop.tasks=["fly"]'])
