@@ -104,7 +104,8 @@ def checkpoint_dir(path: Path) -> Path:
 
     Accepted: a directory holding ``config.json`` (a zk0 checkpoint or a ``lerobot-train``
     ``pretrained_model/``); a zk0 run directory (its ``models/latest``); a
-    ``lerobot-train`` checkpoint step folder holding ``pretrained_model/``.
+    ``lerobot-train`` checkpoint step folder holding ``pretrained_model/``, or its output
+    directory (``checkpoints/last/pretrained_model``).
 
     Raises:
         CheckpointError: None of these (exit 2).
@@ -120,7 +121,8 @@ def checkpoint_dir(path: Path) -> Path:
     latest = RunDir(path).latest_checkpoint()
     if latest is not None:
         return latest
-    for candidate in (path / "pretrained_model", path / "last" / "pretrained_model"):
+    for candidate in (path / "pretrained_model", path / "last" / "pretrained_model",
+                      path / "checkpoints" / "last" / "pretrained_model"):
         if (candidate / POLICY_CONFIG_FILE).is_file():
             return candidate
     raise CheckpointError(str(path), [
