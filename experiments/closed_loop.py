@@ -142,10 +142,22 @@ def collect(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         out = work / name
         run_json = json.loads((out / "run.json").read_text())
         sites = list(SITES) if arm == "federated" else [int(arm.removeprefix("local_site"))]
-        entry = arm_entry(out, sites, run_json["ended_at"] - run_json["started_at"])
+        # the rounds' wall seconds (a resumed run's started_at includes the wait between)
+        entry = arm_entry(out, sites, sum(run_json["round_seconds"].values()))
         final = json.loads(ev.read_text())["tasks"]["reach"]
         final.pop("episode_results")
         entry["final"] = final
+        entry["rounds"] = max(int(r) for r in json.loads(
+            (out / "server" / "policy_loss_history.json").read_text()))
+        history = json.loads((out / "server" / "policy_loss_history.json").read_text())
+        for earlier in sorted(work.glob(f"{name}_eval_round*.json")):  # before a --resume
+            r = json.loads(earlier.read_text())["tasks"]["reach"]
+            r.pop("episode_results")
+            at = earlier.stem.rsplit("round", 1)[1]
+            r["offline_loss"] = history.get(at)
+            r["round_seconds"] = sum(v for k, v in run_json["round_seconds"].items()
+                                     if int(k) <= int(at))
+            entry.setdefault("earlier", {})[at] = r
         arms.setdefault(arm, {})[seed] = entry
     expert = json.loads((work / "expert.json").read_text())["tasks"]["reach"]
     expert.pop("episode_results")
@@ -206,7 +218,8 @@ def main() -> int:
 def table(result: dict[str, Any]) -> str:
     """The docs/results.md table: one row per arm and seed, plus the expert."""
     lines = ["| policy | seed | success | 95 % interval | episodes | mean steps to success | "
-             "offline loss (held-out) | training wall s |", "|---|---|---|---|---|---|---|---|"]
+             "offline loss (held-out) | wall s of the rounds |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def cells(r: dict[str, Any]) -> str:
         steps = r["mean_steps_to_success"]
@@ -216,7 +229,11 @@ def table(result: dict[str, Any]) -> str:
     for arm, seeds in result["arms"].items():
         for seed, e in seeds.items():
             loss = e["offline_loss_final"]
-            lines.append(f"| {arm} | {seed} | {cells(e['final'])} | "
+            for rounds, r in sorted(e.get("earlier", {}).items(), key=lambda x: int(x[0])):
+                lines.append(f"| {arm}, round {rounds} | {seed} | {cells(r)} | "
+                             f"{r['offline_loss']:.3f} | {r['round_seconds']:.0f} |")
+            arm_name = f"{arm}, round {e['rounds']}" if "rounds" in e else arm
+            lines.append(f"| {arm_name} | {seed} | {cells(e['final'])} | "
                          f"{'n/a' if loss is None else f'{loss:.3f}'} | "
                          f"{e['train_seconds']:.0f} |")
     lines.append(f"| scripted expert | – | {cells(result['expert'])} | – | – |")
