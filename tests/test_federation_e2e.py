@@ -113,7 +113,9 @@ def test_tiny_run_writes_the_whole_run_directory(tmp_path):
 def test_simulate_three_clients_three_rounds(tmp_path, monkeypatch):
     """The README's demo, `zk0 simulate --preset tiny --rounds 3 --clients 3`, learns: the
     server's held-out loss at the last round is below round 0's and analyze-run reports no
-    error."""
+    error. With `eval.closed_loop` (1 short reach episode at rounds 0, 2 and the last) the
+    success fields reach the round files, federated_metrics.json, the checkpoint's
+    metrics.json and model card, and analyze-run's report and plot."""
     from zk0cli.cli import run as cli_run
 
     samples = []  # (clients shown, client files of that round on disk, phase)
@@ -126,7 +128,11 @@ def test_simulate_three_clients_three_rounds(tmp_path, monkeypatch):
         return table(p, clients, eta_s)
 
     monkeypatch.setattr(cli_run, "_progress_table", spy)
-    res, rd = simulate(tmp_path, "--rounds", "3", "--clients", "3")
+    res, rd = simulate(tmp_path, "--rounds", "3", "--clients", "3",
+                       "--set", 'eval.closed_loop.tasks=["reach"]',
+                       "--set", "eval.closed_loop.episodes=1",
+                       "--set", "eval.closed_loop.max_steps=8",
+                       "--set", "eval.closed_loop.every=2")
     assert res.exit_code == 0, res.output
     # The live counter moved while rounds trained, before the round's client files existed,
     # and the phases before round 1 were named.
@@ -151,6 +157,21 @@ def test_simulate_three_clients_three_rounds(tmp_path, monkeypatch):
     errors = [f for f in read_json(rd.report_dir / "summary.json")["findings"]
               if f["severity"] == "error"]
     assert errors == [], errors
+    # eval.closed_loop: rounds 0, 2 (every 2nd evaluated round) and 3 (the last)
+    rolled = {r: read_json(rd.server_eval(r)).get("closed_loop") for r in (0, 1, 2, 3)}
+    assert rolled[1] is None and all(rolled[r] for r in (0, 2, 3)), rolled
+    reach = rolled[3]["reach"]
+    assert reach["episodes"] == 1 and reach["max_steps"] == 8 and reach["seconds"] > 0
+    assert 0 <= reach["ci_low"] <= reach["success_rate"] <= reach["ci_high"] <= 1
+    assert reach["mean_final_distance"] >= 0
+    rows = {r["round"]: r.get("closed_loop") for r in read_json(rd.federated_metrics)}
+    assert rows == rolled
+    assert read_json(rd.checkpoint(3) / "metrics.json")["closed_loop"] == rolled[3]
+    assert "Closed-loop evaluation (simulator)" in (rd.checkpoint(3) / "README.md").read_text()
+    assert "## Closed-loop success (simulator)" in (rd.report_dir / "report.md").read_text()
+    assert (rd.report_dir / "closed_loop_success.png").stat().st_size > 0
+    summary_rounds = read_json(rd.report_dir / "summary.json")["rounds"]
+    assert {r["round"] for r in summary_rounds if r["closed_loop"]} == {0, 2, 3}
     assert flower_processes() == []
 
 

@@ -93,6 +93,18 @@ def _aggregated(raw: dict[str, Any], rdr: _Reader, where: str) -> dict[str, floa
     return out
 
 
+def _closed_loop(raw: Any, rdr: _Reader, where: str) -> dict[str, dict[str, float | None]]:
+    """``closed_loop`` of a round file or metrics row: task -> its numbers."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, dict[str, float | None]] = {}
+    for task, numbers in raw.items():
+        if isinstance(numbers, dict):
+            out[str(task)] = {k: rdr.num(v, where, f"closed_loop.{task}.{k}")
+                              for k, v in numbers.items() if not isinstance(v, dict | list)}
+    return out
+
+
 def _eval_datasets(raw: dict[str, Any], rdr: _Reader, where: str) -> dict[str, float | None]:
     server_eval = raw.get(ROUND.server_eval)
     if isinstance(server_eval, dict) and isinstance(server_eval.get(EVAL.datasets), dict):
@@ -150,6 +162,7 @@ def _round_from_eval(rd: RunDir, n: int, rdr: _Reader, notes: list[str]) -> Roun
         seconds=rdr.num(raw.get(ROUND.seconds), where, ROUND.seconds),
         eval_datasets=_eval_datasets(raw, rdr, where), composite=composite,
         aggregated_metrics=agg, clients=clients, failures=failures,
+        closed_loop=_closed_loop(raw.get(ROUND.closed_loop), rdr, where),
     )
 
 
@@ -163,6 +176,7 @@ def _round_from_row(row: dict[str, Any], rdr: _Reader, where: str) -> RoundRecor
         proximal_mu=agg.pop(ROW.proximal_mu, None), lr=agg.pop(ROW.lr, None),
         seconds=agg.pop(ROW.seconds, None), composite=agg.pop(ROW.server_policy_loss, None),
         aggregated_metrics={k: v for k, v in agg.items() if k != ROW.round},
+        closed_loop=_closed_loop(row.get(ROW.closed_loop), rdr, f"{where} round {n}"),
     )
 
 

@@ -93,6 +93,9 @@ class RoundRecord(_Model):
             (``loss_avg``, ``policy_loss_avg``, ``param_update_norm_avg``, ``num_clients``...).
         clients: Per-client reports (successful and failed).
         failures: ``{"client_id", "reason"}`` for each client whose round failed.
+        closed_loop: Task -> closed-loop rollout numbers (``eval.closed_loop``:
+            ``success_rate``, ``ci_low``, ``ci_high``, ``mean_steps_to_success``,
+            ``mean_final_distance``, ``episodes``, ``successes``); empty when not rolled out.
     """
 
     round: int
@@ -107,6 +110,7 @@ class RoundRecord(_Model):
     aggregated_metrics: dict[str, float | None] = Field(default_factory=dict)
     clients: list[ClientRecord] = Field(default_factory=list)
     failures: list[dict[str, str]] = Field(default_factory=list)
+    closed_loop: dict[str, dict[str, float | None]] = Field(default_factory=dict)
 
     @property
     def ok_clients(self) -> list[ClientRecord]:
@@ -214,6 +218,7 @@ class RoundRow(_Model):
     proximal_mu: float | None
     lr: float | None
     seconds: float | None
+    closed_loop: dict[str, dict[str, float | None]] = Field(default_factory=dict)
 
 
 class Summary(_Model):

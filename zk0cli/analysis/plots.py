@@ -23,6 +23,7 @@ PLOT_FILES = {
     "participation": "participation.png",
     "schedule": "lr_mu_schedule.png",
     "compare": "compare.png",
+    "closed_loop": "closed_loop_success.png",
 }
 
 
@@ -148,6 +149,28 @@ def plot_schedule(rows: Sequence[RoundRow], path: Path) -> Series:
     return _drawn(ax, ax2)
 
 
+def _success_pct(task: str, key: str = "success_rate") -> Callable[[RoundRow], float | None]:
+    def get(r: RoundRow) -> float | None:
+        v = (r.closed_loop.get(task) or {}).get(key)
+        return None if v is None else 100.0 * v
+    return get
+
+
+def plot_closed_loop(rows: Sequence[RoundRow], path: Path) -> Series:
+    """Closed-loop success rate (%) per task and round, with its Wilson 95 % interval band."""
+    fig, (ax,) = _figure()
+    for task in sorted({k for r in rows for k in r.closed_loop}):
+        _line(ax, rows, _success_pct(task), task)
+        lo_x, lo = _points(rows, _success_pct(task, "ci_low"))
+        hi_x, hi = _points(rows, _success_pct(task, "ci_high"))
+        if lo_x and lo_x == hi_x:
+            ax.fill_between(lo_x, lo, hi, alpha=0.2)
+    ax.set_ylim(-5, 105)
+    _finish(fig, [ax], path, "Closed-loop success (simulator, 95% Wilson interval)",
+            "% of episodes solved")
+    return _drawn(ax)
+
+
 def plot_compare(this: Summary, path: Path) -> Series:
     """Overlay of this run and ``--compare`` OTHER: server composite and client mean loss."""
     assert this.comparison is not None
@@ -177,6 +200,8 @@ def write_plots(summary: Summary, report_dir: Path) -> tuple[dict[str, Path], di
         "participation": lambda p: plot_participation(summary.rounds, p),
         "schedule": lambda p: plot_schedule(summary.rounds, p),
     }
+    if any(r.closed_loop for r in summary.rounds):
+        makers["closed_loop"] = lambda p: plot_closed_loop(summary.rounds, p)
     if summary.comparison is not None:
         makers["compare"] = lambda p: plot_compare(summary, p)
     paths, series = {}, {}

@@ -73,6 +73,7 @@ def render_markdown(summary: Summary, plots: Mapping[str, Path] | None = None) -
           fmt(r.participation_pct, 3), fmt(r.composite), fmt(r.client_loss_avg),
           fmt(r.param_update_norm_avg), fmt(r.proximal_mu), fmt(r.lr), fmt(r.seconds, 3)]
          for r in s.rounds])
+    lines += _closed_loop_lines(s)
     lines += ["", f"## Findings ({len(s.findings)})", ""]
     if not s.findings:
         lines.append("No anomalies found.")
@@ -105,6 +106,29 @@ def render_markdown(summary: Summary, plots: Mapping[str, Path] | None = None) -
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({path.name})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def _closed_loop_lines(s: Summary) -> list[str]:
+    """The report's closed-loop table (``eval.closed_loop``); nothing when never rolled out."""
+    rows = []
+    for r in s.rounds:
+        for task, t in sorted(r.closed_loop.items()):
+            def pct(key: str, t: dict[str, float | None] = t) -> str:
+                v = t.get(key)
+                return "n/a" if v is None else f"{100 * v:.0f}%"
+            dist = t.get("mean_final_distance")
+            rows.append([str(r.round), task,
+                         f"{fmt(t.get('successes'), 6)}/{fmt(t.get('episodes'), 6)}",
+                         pct("success_rate"), f"{pct('ci_low')}–{pct('ci_high')}",
+                         fmt(t.get("mean_steps_to_success"), 3),
+                         "n/a" if dist is None else f"{100 * dist:.1f} cm"])
+    if not rows:
+        return []
+    return ["", "## Closed-loop success (simulator)", "",
+            "Rollouts of the global model on seeded layouts no client trained on "
+            "(`eval.closed_loop`); interval: Wilson 95 %.", "",
+            *_table(["round", "task", "solved", "success", "95 % interval",
+                     "mean steps to success", "mean final distance"], rows)]
 
 
 def _strings_for_non_finite(obj: Any) -> Any:

@@ -130,7 +130,7 @@ def round_rows(run: RunData) -> list[RoundRow]:
             client_loss_avg=client_loss_avg(rec) if rec.round >= 1 else None,
             client_losses={c.client_id: c.loss for c in ok},
             param_update_norm_avg=pua, proximal_mu=rec.proximal_mu, lr=rec.lr,
-            seconds=rec.seconds,
+            seconds=rec.seconds, closed_loop=dict(rec.closed_loop),
         ))
     return rows
 

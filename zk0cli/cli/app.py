@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from zk0cli import __version__
-from zk0cli.cli import analyze, config_cmd, data, hub, release, run
+from zk0cli.cli import analyze, config_cmd, data, eval_cmd, hub, release, run
 from zk0cli.cli import train as train_cmd
 
 app = typer.Typer(
@@ -62,6 +62,7 @@ app.add_typer(train_cmd.app, name="train")
 app.command("simulate")(run.simulate)
 app.command("tiny-run")(run.tiny_run)
 app.command("analyze-run")(analyze.analyze_run)
+app.command("eval")(eval_cmd.eval_checkpoint)
 app.command("push")(hub.push)
 app.command("release")(release.release)
 app.add_typer(data.app, name="data")

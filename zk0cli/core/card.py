@@ -334,6 +334,29 @@ def _finetuning_text(model: dict[str, Any]) -> str:
             "`adapter/`)")
 
 
+def _closed_loop_rows(rd: RunDir, up_to_round: int) -> tuple[int | None, list[dict[str, str]]]:
+    """The newest closed-loop rollouts (``eval.closed_loop``) up to a round, one row per task."""
+    from zk0cli.core.rundir import read_metrics_rows
+
+    rows = [r for r in read_metrics_rows(rd) if r.round <= up_to_round and r.closed_loop]
+    if not rows:
+        return None, []
+    last = max(rows, key=lambda r: r.round)
+    out = []
+    for task, t in (last.closed_loop or {}).items():
+        steps = t.mean_steps_to_success
+        out.append({
+            "task": task, "successes": str(t.successes), "episodes": str(t.episodes),
+            "rate": f"{100 * t.success_rate:.0f}%",
+            "interval": "n/a" if t.ci_low is None or t.ci_high is None
+            else f"{100 * t.ci_low:.0f}–{100 * t.ci_high:.0f}%",
+            "steps": "n/a" if steps is None else f"{steps:.0f}",
+            "distance": "n/a" if t.mean_final_distance is None
+            else f"{100 * t.mean_final_distance:.1f} cm",
+        })
+    return last.round, out
+
+
 def with_repo_id(card_text: str, repo_id: str) -> str:
     """A card written at checkpoint time, with the ``<user>/<model>`` placeholder filled in.
 
@@ -407,6 +430,7 @@ def build_model_card(
     features = _features(checkpoint_dir or rd.checkpoint(checkpoint_round))
     robots, tasks = _dataset_facts(config)
     clients = _clients(config)
+    closed_loop_round, closed_loop_rows = _closed_loop_rows(rd, checkpoint_round)
     title_repo = repo_id or "zk0 federated SmolVLA"
     return ModelCard.from_template(
         card_data,
@@ -446,4 +470,6 @@ def build_model_card(
         last=(summary or {}).get("last"),
         versions=_versions(run),
         wandb_url=_wandb_url(run),
+        closed_loop_round=closed_loop_round,
+        closed_loop_rows=closed_loop_rows,
     )

@@ -96,6 +96,7 @@ class RunRecorder:
         outcome: RoundOutcome | None,
         server_eval: ServerEval | Mapping[str, Any] | None,
         seconds: float,
+        closed_loop: Mapping[str, Any] | None = None,
     ) -> ServerRoundRecord:
         """Write every file of one round and return the round record.
 
@@ -105,16 +106,19 @@ class RunRecorder:
             server_eval: The server evaluation, or ``None`` when the round was not
                 evaluated.
             seconds: Wall seconds the round took on the server.
+            closed_loop: Task -> closed-loop summary (``eval.closed_loop``;
+                :class:`~zk0cli.core.contract.ClosedLoopTask` fields), or ``None``.
         """
         from zk0cli.core.diskfull import run_writes
 
         with run_writes(self.rundir, what=f"the files of round {server_round}"):
             return self._record_round(server_round, outcome=outcome, server_eval=server_eval,
-                                      seconds=seconds)
+                                      seconds=seconds, closed_loop=closed_loop)
 
     def _record_round(self, server_round: int, *, outcome: RoundOutcome | None,
                       server_eval: ServerEval | Mapping[str, Any] | None,
-                      seconds: float) -> ServerRoundRecord:
+                      seconds: float, closed_loop: Mapping[str, Any] | None = None
+                      ) -> ServerRoundRecord:
         if server_eval is not None and not isinstance(server_eval, ServerEval):
             server_eval = ServerEval.model_validate(server_eval)
         reports = outcome.reports if outcome else []
@@ -153,6 +157,7 @@ class RunRecorder:
             failures=[FailureRecord(client_id=r.client_id, node_id=r.node_id,
                                     reason=r.reason or "") for r in reports if not r.ok],
             privacy=outcome.privacy if outcome is not None else None,
+            closed_loop=dict(closed_loop) if closed_loop is not None else None,
         )
         write_json(self.rundir.server_eval(server_round), record.to_json())
         self._append_history(record)
@@ -203,6 +208,7 @@ class RunRecorder:
             proximal_mu=record.proximal_mu,
             lr=record.lr,
             seconds=record.seconds,
+            closed_loop=record.closed_loop,
         )
         rows = [r for r in read_metrics_rows(self.rundir) if r.round != record.round]
         write_json(self.rundir.federated_metrics,

@@ -84,6 +84,14 @@ class RoundPolicy:
         """Every ``eval.frequency`` rounds and after the last one."""
         return server_round % self.config.eval.frequency == 0 or self.is_last(server_round)
 
+    def should_roll_out(self, server_round: int) -> bool:
+        """``eval.closed_loop``: every ``every``-th evaluated round (0 included) and the last."""
+        ev = self.config.eval
+        if not ev.closed_loop.tasks:
+            return False
+        return server_round % (ev.frequency * ev.closed_loop.every) == 0 or \
+            self.is_last(server_round)
+
     def should_checkpoint(self, server_round: int) -> bool:
         """Every ``checkpoint.interval`` rounds and after the last, if the model changed."""
         return server_round > 0 and self.changed_since_checkpoint and (

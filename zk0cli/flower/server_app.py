@@ -92,9 +92,11 @@ class RoundHook:
             write_phase(self.rundir.server_dir, phase=f"round {run_round} server evaluation",
                         server_round=run_round)
             server_eval = self.evaluator.evaluate()
+        closed_loop = self._closed_loop(run_round) if policy.should_roll_out(run_round) else None
         now = time.monotonic()
         record = self.recorder.record_round(run_round, outcome=outcome,
-                                            server_eval=server_eval, seconds=now - self.t_last)
+                                            server_eval=server_eval, seconds=now - self.t_last,
+                                            closed_loop=closed_loop)
         self.t_last = now
         comp = record.server_composite_eval_loss
         stopper = self.stopper
@@ -122,6 +124,22 @@ class RoundHook:
             self.rundir.update_run(stop_reason=reason)
             raise EarlyStop(run_round)
         return MetricRecord({COMPOSITE_METRIC: comp}) if comp is not None else None
+
+    def _closed_loop(self, run_round: int) -> dict[str, Any]:
+        """Roll the global policy out in the simulator (``eval.closed_loop``); task -> summary."""
+        from zk0cli.core.closed_loop import evaluate_bundle, summaries
+        from zk0cli.flower.progress import write_phase
+
+        cl = self.cfg.eval.closed_loop
+        write_phase(self.rundir.server_dir, phase=f"round {run_round} closed-loop rollouts",
+                    server_round=run_round)
+        started = time.monotonic()
+        results = evaluate_bundle(self.evaluator.bundle, tasks=cl.tasks, episodes=cl.episodes,
+                                  seed=cl.seed, max_steps=cl.max_steps, where="The global policy")
+        out = summaries(results)
+        logger.info("round %s closed loop (%.1f s): %s", run_round, time.monotonic() - started,
+                    ", ".join(f"{t} {r['successes']}/{r['episodes']}" for t, r in out.items()))
+        return out
 
     def _privacy(self, run_round: int) -> str | None:
         """Record ε in run.json; the budget-stop reason when the next round would exceed it."""
@@ -266,6 +284,10 @@ def run_server(grid: Grid, cfg: RunConfig, rundir: RunDir, recorder: RunRecorder
             evaluator.use_stats(merged)
             instruction = instruction.model_copy(update={"stats": merged})
     train_config = ConfigRecord(encode(instruction))
+    if cfg.eval.closed_loop.tasks:  # a policy the simulator cannot drive fails before round 1
+        from zk0cli.core.closed_loop import sim_image_size
+
+        sim_image_size(evaluator.bundle, where="The global policy (eval.closed_loop)")
     hook = RoundHook(cfg, rundir, evaluator, strategy, recorder)
     write_progress(rundir.server_dir, phase="round 0 evaluation" if not start.offset else
                    f"resuming after round {start.offset}", server_round=start.offset)

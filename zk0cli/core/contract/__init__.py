@@ -364,6 +364,22 @@ class RoundPrivacy(_Record):
         "site that did not clip).")
 
 
+class ClosedLoopTask(_Record):
+    """Closed-loop rollouts of the global model on one simulator task (``eval.closed_loop``)."""
+
+    episodes: int = Field(description="Episodes rolled out.")
+    successes: int = Field(description="Episodes solved within `max_steps`.")
+    success_rate: float = Field(description="successes / episodes.")
+    ci_low: float | None = Field(None, description="Wilson 95 % interval, lower end.")
+    ci_high: float | None = Field(None, description="Wilson 95 % interval, upper end.")
+    mean_steps_to_success: float | None = Field(
+        None, description="Mean control steps (1/30 s) of the solved episodes; null: none.")
+    mean_final_distance: float | None = Field(
+        None, description="Mean distance from solved at the episodes' end (m).")
+    max_steps: int | None = Field(None, description="Control steps per episode (horizon).")
+    seconds: float | None = Field(None, description="Wall seconds of the task's rollouts.")
+
+
 class ServerRoundRecord(_Record):
     """``server/round_<N>_server_eval.json``: the server's view of round N (0 = initial)."""
 
@@ -386,6 +402,9 @@ class ServerRoundRecord(_Record):
     privacy: RoundPrivacy | None = Field(
         None, description="Differential privacy of the round (null without privacy.mode = "
         "central).")
+    closed_loop: dict[str, ClosedLoopTask] | None = Field(
+        None, description="Task -> closed-loop rollouts of the global model "
+        "(`eval.closed_loop`); null when not rolled out this round.")
 
 
 class MetricsRow(_Record):
@@ -404,6 +423,9 @@ class MetricsRow(_Record):
     proximal_mu: float | None = Field(None, description="The mu of the round.")
     lr: float | None = Field(None, description="The peak lr of the round.")
     seconds: float | None = Field(None, description="Wall seconds of the round.")
+    closed_loop: dict[str, ClosedLoopTask] | None = Field(
+        None, description="Task -> closed-loop rollouts (as in the round file); null when "
+        "not rolled out.")
 
 
 class ManifestEntry(_Record):
@@ -429,6 +451,8 @@ class CheckpointMetrics(_Record):
     server_eval: ServerEval | None = Field(None, description="Server eval of that round.")
     client_aggregated_training_metrics: dict[str, Any] | None = Field(
         None, description="Aggregated client training metrics of that round.")
+    closed_loop: dict[str, ClosedLoopTask] | None = Field(
+        None, description="Closed-loop rollouts of that round (`eval.closed_loop`), per task.")
 
 
 # --- field names, for readers of raw (possibly upstream) files ------------------------------
@@ -446,6 +470,7 @@ class _FieldNames:
 
 
 RUN: Any = _FieldNames(RunRecord)
+CLOSED_LOOP: Any = _FieldNames(ClosedLoopTask)
 ROUND: Any = _FieldNames(ServerRoundRecord)
 CLIENT: Any = _FieldNames(ClientRoundRecord)
 FAILURE: Any = _FieldNames(FailureRecord)
@@ -509,6 +534,7 @@ DOCUMENTED_RECORDS: Final[tuple[tuple[str, type[BaseModel]], ...]] = (
     (f"{SERVER_DIR}/...: individual_client_training_metrics[]", ClientMetrics),
     (f"{SERVER_DIR}/...: failures[]", FailureRecord),
     (f"{SERVER_DIR}/...: privacy", RoundPrivacy),
+    (f"{SERVER_DIR}/...: closed_loop{{task}}", ClosedLoopTask),
     (f"{SERVER_DIR}/{FEDERATED_METRICS_JSON}: one row per round", MetricsRow),
     (f"{CLIENTS_DIR}/<client_id>/{client_round_name(0).replace('0', '<N>', 1)}",
      ClientRoundRecord),

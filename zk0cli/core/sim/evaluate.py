@@ -15,10 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from zk0cli.core.sim.recorder import MAX_EPISODE_STEPS, check_task
-
-EVAL_SEED_OFFSET = 1_000_003
-"""Evaluation episodes use seeds disjoint from generated training data of the same seed."""
+from zk0cli.core.sim.closed_loop import EVAL_SEED_OFFSET  # noqa: F401  (re-export)
 
 
 def evaluate_policy(
@@ -33,8 +30,9 @@ def evaluate_policy(
 ) -> dict[str, float]:
     """Success rate of ``policy_fn`` per task over seeded episodes.
 
-    An episode ends at the first step the task is solved (success) or after
-    ``max_steps`` control steps (failure).
+    The rates of :func:`~zk0cli.core.sim.closed_loop.evaluate_closed_loop` (which also
+    gives intervals, steps and distances). An episode ends at the first step the task is
+    solved (success) or after ``max_steps`` control steps (failure).
 
     Args:
         policy_fn: Observation dict -> action (6,) in degrees, gripper 0–100.
@@ -51,29 +49,11 @@ def evaluate_policy(
     Raises:
         UsageError: An unknown task.
     """
-    from zk0cli.core.sim.env import SimEnv
-    from zk0cli.core.sim.recorder import episode_seed
+    from zk0cli.core.sim.closed_loop import evaluate_closed_loop
 
-    for task in tasks:
-        check_task(task)
-    render = bool(getattr(policy_fn, "uses_images", True))
-    start = getattr(policy_fn, "start_episode", None)
-    rates: dict[str, float] = {}
-    for task in tasks:
-        env = SimEnv(task, height=height, width=width, render=render)
-        horizon = max_steps or MAX_EPISODE_STEPS[task]
-        solved = 0
-        for i in range(episodes):
-            obs = env.reset(episode_seed(seed + EVAL_SEED_OFFSET, i))
-            if start is not None:
-                start(env)
-            for _ in range(horizon):
-                obs = env.step(np.asarray(policy_fn(obs), dtype=np.float32))
-                if env.success():
-                    solved += 1
-                    break
-        rates[task] = solved / episodes if episodes else 0.0
-    return rates
+    results = evaluate_closed_loop(policy_fn, tasks=tasks, episodes=max(episodes, 1),
+                                   seed=seed, height=height, width=width, max_steps=max_steps)
+    return {task: r.success_rate if episodes else 0.0 for task, r in results.items()}
 
 
 class LeRobotPolicyFn:

@@ -186,6 +186,18 @@ def _push(env: SimEnv) -> list[Segment]:
     return [*plan, Segment(lift)]
 
 
+def _reach(env: SimEnv) -> list[Segment]:
+    """Over the target at hover height, straight down to 3 cm above it, then hold 0.5 s."""
+    target = env.body_pos("target")
+    yaw = float(np.arctan2(target[1], target[0]))
+    over = np.array([target[0], target[1], HOVER_Z])
+    down = np.array([target[0], target[1], 0.03])
+    return [
+        Segment(lambda e: Waypoint(over, yaw, GRIP_CLOSED, speed=0.35)),
+        Segment(lambda e: Waypoint(down, yaw, GRIP_CLOSED, speed=0.15, settle=15)),
+    ]
+
+
 def make_plan(env: SimEnv) -> list[Segment]:
     """The expert's segments for ``env``'s task, from its current (reset) state."""
     if env.task == "lift":
@@ -198,6 +210,8 @@ def make_plan(env: SimEnv) -> list[Segment]:
             lambda e: e.body_pos("cube_b") + [0, 0, 2 * scene.CUBE_HALF + 0.003])
     if env.task == "push":
         return _push(env)
+    if env.task == "reach":
+        return _reach(env)
     raise ValueError(f"unknown task {env.task!r}")
 
 

@@ -25,7 +25,8 @@ from zk0cli.log import logger, native_stderr_to
 ROBOT_TYPE = "so_follower"
 """``robot.name`` of LeRobot 0.6.1's SO-100/SO-101 follower (``lerobot-record`` writes it);
 LeRobot's dataset merge requires equal robot types."""
-MAX_EPISODE_STEPS: dict[str, int] = {"lift": 150, "pick_place": 250, "stack": 250, "push": 250}
+MAX_EPISODE_STEPS: dict[str, int] = {"lift": 150, "pick_place": 250, "stack": 250, "push": 250,
+                                     "reach": 90}
 """Safety cap on control steps per episode (the evaluator's default horizon)."""
 
 
