@@ -160,3 +160,21 @@ def test_dataset_stats_are_renamed(so101_meta):
     stats = dataset_stats(so101_meta, {"observation.images.top": "observation.images.camera1"})
     assert "observation.images.camera1" in stats and "observation.images.top" not in stats
     assert set(stats["observation.state"]) >= {"mean", "std"}
+
+
+def test_heldout_sets_are_scored_once_each_under_their_own_name(tmp_path):
+    """Two sites on the same simulator task (other seeds) keep two held-out sets; clients
+    sharing one dataset's held-out episodes (partition = episodes) are one set."""
+    from pathlib import Path
+
+    from zk0cli.core.data import ClientPartition, DatasetRef
+    from zk0cli.core.evaluation import heldout_set_names
+
+    def part(cid, name, root, held):
+        return ClientPartition(cid, name, DatasetRef(name, name, Path(root)), [0], held)
+
+    parts = [part("0", "reach", "/sim/reach-s0", [3]), part("1", "reach", "/sim/reach-s1", [3]),
+             part("2", "lift", "/sim/lift", [3]), part("3", "lift", "/sim/lift", [3]),
+             part("4", "stack", "/sim/stack", [])]
+    named = [(p.client_id, label) for p, label in heldout_set_names(parts)]
+    assert named == [("0", "heldout/reach#0"), ("1", "heldout/reach#1"), ("2", "heldout/lift")]

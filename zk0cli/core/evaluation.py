@@ -13,7 +13,8 @@ all of them with the clients' merged statistics. The composite loss is the mean 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from zk0cli.log import logger
 if TYPE_CHECKING:
     import torch
 
+    from zk0cli.core.data import ClientPartition
     from zk0cli.core.policy import PolicyBundle
     from zk0cli.core.trainer import EvalFrames
 
@@ -54,6 +56,28 @@ class EvalSet:
 def eval_name(spec_name: str, seed: int | None = None) -> str:
     """Display name of an eval dataset: the task/repo id, with ``@seed`` for sim data."""
     return f"{spec_name}@{seed}" if seed is not None else spec_name
+
+
+def heldout_set_names(partitions: Sequence[ClientPartition]
+                      ) -> list[tuple[ClientPartition, str]]:
+    """The clients' held-out sets the server scores, each once, each under its own name.
+
+    ``heldout/<dataset name>``; partitions holding out the same episodes of the same
+    dataset (``data.partition = "episodes"``) are one set; distinct datasets that share a
+    display name (two sites on the same simulator task with other seeds) get
+    ``#<client id>`` so that neither replaces the other in ``server_eval.datasets``.
+    Partitions without held-out episodes are left out.
+    """
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    unique = []
+    for part in partitions:
+        key = (str(part.ref.root or part.ref.repo_id), tuple(part.heldout_episodes))
+        if part.heldout_episodes and key not in seen:
+            seen.add(key)
+            unique.append(part)
+    counts = Counter(p.name for p in unique)
+    return [(p, f"{HELDOUT_PREFIX}{p.name}" + (f"#{p.client_id}" if counts[p.name] > 1 else ""))
+            for p in unique]
 
 
 class ServerEvaluator:
@@ -114,15 +138,13 @@ class ServerEvaluator:
                 logger.warning("server cannot read client datasets (%s); skipping their "
                                "held-out episodes", err)
                 partitions = []
-            for part in partitions:
-                if not part.heldout_episodes:
-                    continue
+            for part, label in heldout_set_names(partitions):
                 meta = D.load_metadata(part.ref)
                 ds = D.open_dataset(part.ref, episodes=part.heldout_episodes, chunk_size=chunk,
                                     video_backend=cfg.data.video_backend)
                 rmap = cfg.data.client_rename_map(
                     int(part.client_id) if cfg.data.partition == "dataset" else 0)
-                sets.append(EvalSet(f"{HELDOUT_PREFIX}{part.name}", ds,
+                sets.append(EvalSet(label, ds,
                                     _with_stats(bundle, meta, rmap),
                                     composite=not cfg.data.eval))
         return cls(cfg, bundle, sets)
