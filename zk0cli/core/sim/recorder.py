@@ -35,7 +35,7 @@ def check_task(task: str) -> None:
     if task not in SIM_TASKS:
         raise UsageError(
             f"Unknown simulator task {task!r}. Valid tasks: {', '.join(SIM_TASKS)}. "
-            "Pass one or more of them, comma-separated, e.g. --tasks lift,push."
+            "Give one or more of them, comma-separated (e.g. lift,push)."
         )
 
 
