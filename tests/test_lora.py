@@ -205,6 +205,7 @@ def test_merged_checkpoint_acts_like_the_adapter_model(make_lora, make_bundle, f
     ("model.peft.target_modules=nomatch", "it matches no module of the policy"),
     ("model.peft.target_modules=model.vlm_with_expert", "LoRA cannot adapt"),
     ("model.peft.target_modules=[\"\"]", "a list of non-empty module names"),
+    ("model.peft.alpha=inf", "model.peft.alpha = inf"),
 ])
 def test_bad_peft_settings_exit_2_before_anything_starts(setting, expected, tmp_path):
     out = tmp_path / "runs"
@@ -214,3 +215,19 @@ def test_bad_peft_settings_exit_2_before_anything_starts(setting, expected, tmp_
     assert res.exit_code == 2, res.output
     assert expected in said, res.output
     assert not out.exists() or not any(out.iterdir())  # no run directory was made
+
+
+def test_verbose_console_survives_the_lora_check(tmp_path):
+    """`zk0 -v`: the LoRA check builds a policy inside `library_prints` (stdout -> log);
+    the -v console handler once wrote back into it and recursed without end."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "zk0cli", "-v", "simulate", "--preset", "tiny", "--rounds", "1",
+         "--out", str(tmp_path / "run"), "--set", "model.peft.target_modules=nomatch"],
+        capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "RecursionError" not in res.stdout + res.stderr
+    assert "matches no module" in " ".join(res.stdout.split())
+    assert len(res.stdout) + len(res.stderr) < 50_000

@@ -40,7 +40,9 @@ def _root(
 ) -> None:
     """zk0: train a robot policy together without pooling the data."""
     import logging
+    import sys
 
+    from rich.console import Console
     from rich.logging import RichHandler
 
     from zk0cli.log import quiet_libraries
@@ -48,7 +50,10 @@ def _root(
     quiet_libraries()
     # The console shows warnings and errors; zk0's INFO lines (each command started, each
     # dataset ready) and library output are for the log files, and for -v.
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    # Bound to this stdout: rich's default console writes to whatever sys.stdout is at the
+    # time, and inside `library_prints` that is the writer that logs, which would loop.
+    handler = RichHandler(console=Console(file=sys.stdout), show_path=False,
+                          rich_tracebacks=False, markup=False)
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,

@@ -45,13 +45,16 @@ class PeftConfig(_Section):
     method: Literal["lora"] = Field("lora", description="PEFT method (LoRA only).")
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (LeRobot's default 16).")
     alpha: float = Field(
-        16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+        16.0, gt=0, le=1e4, allow_inf_nan=False,
+        description="LoRA alpha; the update is scaled by alpha / rank.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: str | list[str] | None = Field(
         None,
         description="Module names (a list of name suffixes, or one regular expression "
         "matched against full module names) that get adapters; None uses LeRobot's "
-        "SmolVLA defaults.",
+        "SmolVLA defaults. A suffix matches anywhere, frozen VLM layers included (their "
+        "adapters then train): to stay in the action expert, use a regular expression "
+        "such as `model\\.vlm_with_expert\\.lm_expert\\..*\\.(q|k|v|o)_proj`.",
     )
     aggregation: Literal["ffa", "naive"] = Field(
         "ffa",
@@ -112,8 +115,10 @@ class ModelConfig(_Section):
         True, description="SmolVLA default: train the action expert only."
     )
     peft: PeftConfig | None = Field(
-        None, description="LoRA fine-tuning (a `[model.peft]` table); None trains the "
-        "full action expert.")
+        None, description="LoRA fine-tuning (a `[model.peft]` table, or "
+        "`--set model.peft.rank=16`); None trains the full action expert. LoRA wants a "
+        "larger `training.lr` than full fine-tuning: on the tiny federation 10x (1e-2) "
+        "matched the full expert's loss, 1e-3 learned slowly (docs/results.md#lora).")
 
     @model_validator(mode="before")
     @classmethod
