@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from real_path import evaluator, final_tensors, score, simulate  # noqa: E402
+from real_path_report import server_curve  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "full": [],
@@ -72,14 +73,6 @@ def travelling_parameters(sets: list[str]) -> int:
         assert probe is not None
         return probe.full_parameters
     return summary.parameters
-
-
-def server_curve(run: Path) -> list[float]:
-    """The server's composite held-out loss after rounds 0..R of one run directory."""
-    rows = json.loads((run / "server" / "federated_metrics.json").read_text())
-    curve = {int(r["round"]): float(r["server_policy_loss"]) for r in rows
-             if r.get("server_policy_loss") is not None}
-    return [curve[k] for k in sorted(curve)]
 
 
 def ms(values: list[float]) -> str:

@@ -34,13 +34,6 @@ MEAN_STEPS = "mean_steps_to_success"
 MEAN_DISTANCE = "mean_final_distance"
 
 
-def _rename_map(bundle: PolicyBundle) -> dict[str, str]:
-    from lerobot.processor import RenameObservationsProcessorStep
-
-    for step in bundle.preprocessor.steps:
-        if isinstance(step, RenameObservationsProcessorStep):
-            return dict(step.rename_map)
-    return {}
 
 
 def sim_image_size(bundle: PolicyBundle, *, where: str = "the policy") -> tuple[int, int]:
@@ -57,10 +50,11 @@ def sim_image_size(bundle: PolicyBundle, *, where: str = "the policy") -> tuple[
         UsageError: State or action is not 6-dim, or the cameras (after the pre-processor's
             rename map) are not the simulator's ``top`` and ``wrist``.
     """
+    from zk0cli.core.policy import rename_map_of
     from zk0cli.core.sim import scene
 
     cfg = bundle.policy.config
-    rename = _rename_map(bundle)
+    rename = rename_map_of(bundle)
     sim_keys = {f"observation.images.{c}" for c in scene.CAMERAS}
     seen = {rename.get(k, k): k for k in sim_keys}
     wanted = {k: tuple(f.shape) for k, f in cfg.image_features.items()}

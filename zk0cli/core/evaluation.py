@@ -157,7 +157,7 @@ class ServerEvaluator:
         """
         from dataclasses import replace
 
-        from zk0cli.core.policy import make_processors
+        from zk0cli.core.policy import make_processors, rename_map_of
         from zk0cli.core.stats import sums_from_json, to_lerobot_stats
 
         stats = to_lerobot_stats(sums_from_json(sums_json))
@@ -168,7 +168,7 @@ class ServerEvaluator:
         sets = []
         for s in self.sets:  # each eval set keeps its own rename map
             pre_s, post_s = make_processors(self.bundle.policy.config, stats=stats,
-                                            rename_map=_rename_map_of(s.bundle))
+                                            rename_map=rename_map_of(s.bundle))
             sets.append(replace(s, bundle=replace(self.bundle, preprocessor=pre_s,
                                                   postprocessor=post_s)))
         self.sets = sets
@@ -210,13 +210,3 @@ def _with_stats(bundle: PolicyBundle, meta: Any, rename_map: dict[str, str]) -> 
                                 stats=D.dataset_stats(meta, rename_map),
                                 rename_map=rename_map)
     return replace(bundle, preprocessor=pre, postprocessor=post)
-
-
-def _rename_map_of(bundle: PolicyBundle) -> dict[str, str]:
-    """The rename map of a bundle's pre-processor (empty if it has none)."""
-    from lerobot.processor import RenameObservationsProcessorStep
-
-    for step in bundle.preprocessor.steps:
-        if isinstance(step, RenameObservationsProcessorStep):
-            return dict(step.rename_map)
-    return {}

@@ -389,6 +389,16 @@ def make_processors(
     return pre, post
 
 
+def rename_map_of(bundle: PolicyBundle) -> dict[str, str]:
+    """The rename map (dataset key -> policy key) of a bundle's pre-processor; ``{}`` if none."""
+    from lerobot.processor import RenameObservationsProcessorStep
+
+    for step in bundle.preprocessor.steps:
+        if isinstance(step, RenameObservationsProcessorStep):
+            return dict(step.rename_map)
+    return {}
+
+
 def _as_tensors(stats: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
     import numpy as np
     import torch
