@@ -18,7 +18,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from safetensors.torch import load_file
 
+from zk0cli.core.contract import ADAPTER_DIR, ADAPTER_WEIGHTS_FILE
 from zk0cli.core.rundir import RunDir, read_json
 from zk0cli.engine.certs import make_certificates
 from zk0cli.engine.flwr_proc import free_port, wait_for_port
@@ -44,6 +46,8 @@ output_root = "{coord / 'outputs'}"
 [model]
 kind = "tiny"
 device = "cpu"
+[model.peft]
+rank = 4
 [data]
 clients = [{{source = "hub", name = "site-a"}}, {{source = "hub", name = "site-b"}}]
 eval = [{{source = "local", name = "zk0test/ref", root = "{eval_root}"}}]
@@ -193,6 +197,8 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
         assert rf["aggregated"] and rf["failures"] == []
         assert sorted(c["client_id"] for c in rf["individual_client_training_metrics"]) == \
             ["site-a", "site-b"]
+        # LoRA: each site built the same adapters from the run's seed; only B travelled
+        assert all(c["param_update_norm"] > 0 for c in rf["individual_client_training_metrics"])
         for name in SITES:
             assert read_json(rd.client_round(name, r))["dataset_name"] == f"lab/{name}"
     assert rd.checkpoint_rounds() == [1, 2]
@@ -206,6 +212,8 @@ def test_two_sites_on_their_own_filesystems_train_two_rounds(tmp_path, dataset_w
         assert log.count("built SmolVLA (tiny)") == 1, log[-3000:]
     # The checkpoint loads with plain LeRobot where zk0's cache cannot be seen.
     ckpt = rd.checkpoint(2)
+    adapter = load_file(ckpt / ADAPTER_DIR / ADAPTER_WEIGHTS_FILE)
+    assert any(".lora_B." in k and v.abs().max() > 0 for k, v in adapter.items())
     script = tmp_path / "load.py"
     script.write_text("from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy\n"
                       "p = SmolVLAPolicy.from_pretrained('.')\n"
