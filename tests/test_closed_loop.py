@@ -100,6 +100,18 @@ def test_zk0_eval_bad_inputs_exit_2(checkpoint, make_bundle, tmp_path):
     assert res.exit_code == 2 and "at least 1 episode" in res.output
     res = runner.invoke(app, ["eval"])
     assert res.exit_code == 2 and "--expert" in res.output
+    # Options that would fail after the rollouts are refused before any episode runs.
+    (tmp_path / "a-file").write_text("keep", encoding="utf-8")
+    (tmp_path / "a-dir").mkdir()
+    for args, said in ([["--video", str(tmp_path / "a-file" / "sub")], "is a file"],
+                       [["--out", str(tmp_path / "a-dir")], "is a directory"],
+                       [["--device", "tpu"], "cpu, cuda, cuda:N or auto"],
+                       [["--seed", "-1"], "must be >= 0"],
+                       [["--episodes", "100000"], "at most 10,000"]):
+        res = runner.invoke(app, ["eval", "--expert", "--task", "reach", *args])
+        assert res.exit_code == 2 and said in " ".join(res.output.split()), (args, res.output)
+    assert (tmp_path / "a-file").read_text(encoding="utf-8") == "keep"
+    assert list((tmp_path / "a-dir").iterdir()) == []
     # A policy trained on other cameras (front/wrist) cannot see the simulator's top camera.
     rename = {"observation.images.top": "observation.images.front"}
     bundle = make_bundle(seed=0, rename_map=rename)

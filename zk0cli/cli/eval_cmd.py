@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,7 +60,8 @@ def eval_checkpoint(
     expert: Annotated[bool, typer.Option(
         "--expert", help="Evaluate the scripted expert (the reference rate) instead.")] = False,
     out: Annotated[Path | None, typer.Option(
-        help="JSON result file; default eval_<checkpoint name>.json (eval_expert.json).")
+        help="JSON result file (replaced if it exists); default eval_<checkpoint "
+             "name>.json (eval_expert.json) in the current folder.")
         ] = None,
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or auto.")] = "cpu",
 ) -> None:
@@ -70,8 +72,38 @@ def eval_checkpoint(
             raise UsageError(f"--max-steps {max_steps}: give at least 1 control step.")
         if checkpoint is not None and expert:
             raise UsageError("Pass either a CHECKPOINT or --expert, not both.")
+        _check_options(episodes=episodes, seed=seed, video=video, out=out, device=device)
         _run(checkpoint, tasks=tasks, episodes=episodes, seed=seed, max_steps=max_steps,
              video=video, expert=expert, out=out, device=device)
+
+
+MAX_EPISODES = 10_000  # eval.closed_loop.episodes' bound
+
+
+def _check_options(*, episodes: int, seed: int, video: Path | None, out: Path | None,
+                   device: str) -> None:
+    """Refuse bad options before any policy loads or episode runs.
+
+    Raises:
+        UsageError: ``--episodes`` outside 1..10000, a negative ``--seed``, a ``--video``
+            that is (or lies under) a file, an ``--out`` that is a directory, or a
+            ``--device`` other than cpu, cuda, cuda:N or auto.
+    """
+    if not 1 <= episodes <= MAX_EPISODES:
+        raise UsageError(f"--episodes {episodes}: evaluate at least 1 episode per task, "
+                         f"at most {MAX_EPISODES:,}.")
+    if seed < 0:
+        raise UsageError(f"--seed {seed}: the evaluation seed must be >= 0.")
+    if video is not None:
+        for part in (video, *video.parents):
+            if part.exists() and not part.is_dir():
+                raise UsageError(f"--video {video}: {part} is a file; give a folder for the "
+                                 "MP4 files (created if missing).")
+    if out is not None and out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; give the JSON file to write "
+                         "(e.g. {out}/eval.json).".replace("{out}", str(out)))
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device!r}: accepted: cpu, cuda, cuda:N or auto.")
 
 
 def _run(checkpoint: Path | None, *, tasks: list[str], episodes: int, seed: int,
